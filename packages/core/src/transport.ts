@@ -1,0 +1,254 @@
+import type { AgentEvent, EventPriority } from './event.js';
+import type { Logger } from './logger.js';
+
+/**
+ * What a transport can promise. The bus and the conformance kit read these
+ * flags; a test is skipped only when a transport declares it cannot do the
+ * thing (never because it happens to fail).
+ */
+export interface TransportCapabilities {
+  /** Events survive a crash of the consuming process; deliveries must be acked and are redelivered otherwise. */
+  readonly durable: boolean;
+  /** Competing consumers (group subscriptions) across bus instances sharing the transport's backend. */
+  readonly groups: boolean;
+  /** Events of one publisher with one priority reach a broadcast consumer in publish order. */
+  readonly ordering: boolean;
+  /** `getRecentEvents` and `replay` work. */
+  readonly replay: boolean;
+  /** A more urgent event overtakes a backlog held inside the transport. */
+  readonly priorities: boolean;
+  /** `deadLetters` is a store that keeps dead letters with their payloads. */
+  readonly deadLetters: boolean;
+  /** Bus instances in different processes can talk through it. */
+  readonly crossProcess: boolean;
+}
+
+/** Given to `connect()`. */
+export interface TransportContext {
+  /** The bus's node id: stable across restarts of the same logical node. */
+  readonly nodeId: string;
+  readonly logger: Logger;
+  /** Report an error that happened outside any call (a dropped connection, a failed read). */
+  onError(error: Error): void;
+}
+
+/**
+ * Where a consumer starts when it has no stored position.
+ * `new`: only events published after the consumer exists (default).
+ * `earliest`: everything the transport still holds.
+ */
+export type StartFrom = 'new' | 'earliest';
+
+/**
+ * A binding between the bus and the transport. The bus opens one broadcast
+ * consumer (`group: null`) per bus instance and one consumer per group key.
+ */
+export interface ConsumerSpec {
+  /**
+   * Stable id of the binding inside the bus, usable as a durable name: `broadcast`
+   * or `group:<name>` (plus a pattern hash when patterns differ).
+   */
+  readonly id: string;
+  /**
+   * `null`: a broadcast consumer of this bus instance, which receives every event
+   * (each bus instance its own cursor). A string: members of the same group key on
+   * all bus instances compete; each event goes to exactly one of them.
+   */
+  readonly group: string | null;
+  /**
+   * Union of the patterns the bus wants on this binding. A transport may use it
+   * to skip events early; the bus re-checks every delivery, so over-delivering is
+   * safe and under-delivering is a bug.
+   */
+  readonly patterns: readonly string[];
+  readonly startFrom?: StartFrom;
+}
+
+/**
+ * The bus side of a consumer: a bounded queue with flow control. A transport
+ * calls `deliver` only while `capacity() > 0` (or when `sheds(priority)` says
+ * the bus will shed it), and otherwise waits for `ready()`; it never buffers
+ * without bound on the bus's behalf.
+ */
+export interface DeliverySink {
+  /** Hand one delivery to the bus. Never throws; the bus settles it later (ack, nack or dead-letter). */
+  deliver(delivery: Delivery): void;
+  /** How many more deliveries the bus accepts right now. */
+  capacity(): number;
+  /** Resolves when `capacity() > 0`. */
+  ready(): Promise<void>;
+  /** Whether the bus sheds an event of this priority while full (configured load shedding). */
+  sheds(priority: EventPriority): boolean;
+}
+
+/** Why an event was dead-lettered. */
+export interface DeadLetterInfo {
+  readonly reason: 'max_attempts' | 'permanent' | 'rejected' | 'expired' | 'decode_error' | 'shed';
+  readonly error?: { name: string; message: string; code?: string; stack?: string };
+  /** Attempts made, counting the first. */
+  readonly attempts: number;
+  readonly subscriptionId?: string;
+  readonly pattern?: string;
+  readonly group?: string | null;
+  readonly nodeId?: string;
+}
+
+/** A stored dead letter: the original event, untouched, and why it died. */
+export interface DeadLetter extends DeadLetterInfo {
+  /** Id of the dead letter (not of the event). */
+  readonly id: string;
+  readonly event: AgentEvent;
+  /** Epoch ms. */
+  readonly deadAt: number;
+}
+
+export interface DeadLetterQuery {
+  limit?: number;
+  /** Only dead letters whose event type matches this pattern. */
+  pattern?: string;
+  /** Resume listing after this dead-letter id. */
+  after?: string;
+}
+
+/**
+ * Dead letters kept by a transport (memory: a bounded list; Redis: a stream).
+ * Redrive publishes the original event again (with `metadata.retryCount`
+ * incremented) and removes the dead letter only once the publish succeeded.
+ */
+export interface DeadLetterStore {
+  add(event: AgentEvent, info: DeadLetterInfo): Promise<DeadLetter>;
+  list(query?: DeadLetterQuery): Promise<DeadLetter[]>;
+  get(id: string): Promise<DeadLetter | undefined>;
+  count(): Promise<number>;
+  /** Redrive the given ids, or every dead letter matching `filter` when ids are omitted. Returns how many were republished. */
+  redrive(selector?: { ids?: readonly string[]; pattern?: string; limit?: number }): Promise<number>;
+  /** Delete the given ids, or all when omitted. Returns how many were removed. */
+  purge(selector?: { ids?: readonly string[]; pattern?: string }): Promise<number>;
+}
+
+/**
+ * One event handed to a consumer. Settle it exactly once: `ack`, `nack` or
+ * `deadLetter`. Settling twice is a no-op (idempotent), never an error.
+ */
+export interface Delivery {
+  readonly event: AgentEvent;
+  /** 1 on the first delivery; from the transport's own counter where it has one, so it survives crashes. */
+  readonly attempt: number;
+  /** Epoch ms (fractional) when the event was published; publish-to-handler latency is measured from it. */
+  readonly publishedAt: number;
+  /** The transport's own id of this entry (a stream id, a sequence number), for logs and DLQ records. */
+  readonly transportId?: string;
+  /** Done with it: the transport forgets it. */
+  ack(): void;
+  /**
+   * Give it back for redelivery after `delayMs` (default: the transport's
+   * redelivery idle time). On a durable transport a long delay is scheduled in the
+   * backend, not held in memory.
+   */
+  nack(delayMs?: number): void;
+  /** Store it in the dead-letter store and ack it, atomically where the backend allows. */
+  deadLetter(info: DeadLetterInfo): Promise<void>;
+}
+
+/** A live consumer binding. */
+export interface TransportConsumer {
+  readonly id: string;
+  /** Change the pattern union (subscriptions came or went). */
+  setPatterns(patterns: readonly string[]): void;
+  /** Stop handing out deliveries until `resume()`; nothing is lost on a durable transport. */
+  pause(): void;
+  resume(): void;
+  /**
+   * Stop handing out deliveries. With `leave: true` the binding's durable state
+   * (a per-instance consumer group, a group membership) is removed for good.
+   */
+  close(options?: { leave?: boolean }): Promise<void>;
+}
+
+export interface PublishOptions {
+  /** When a consumer's queue is full: wait for room (default) or fail with `QueueFullError`. */
+  readonly onFull?: 'wait' | 'fail';
+  readonly signal?: AbortSignal;
+}
+
+export interface HistoryQuery {
+  /** Only events whose type matches this pattern. Default: all. */
+  pattern?: string;
+  /** At most this many (the most recent ones). Default 100. */
+  limit?: number;
+  /** Only events published at or after this epoch ms. */
+  since?: number;
+}
+
+export interface ReplayQuery {
+  pattern?: string;
+  /** Epoch ms, inclusive. */
+  from?: number;
+  /** Epoch ms, inclusive. Default: now. */
+  to?: number;
+  /** Transport ids, inclusive, when the transport has them (stream ids). */
+  fromId?: string;
+  toId?: string;
+  limit?: number;
+}
+
+export type HealthStatus = 'healthy' | 'degraded' | 'unhealthy';
+
+export interface TransportHealth {
+  readonly status: HealthStatus;
+  readonly connected: boolean;
+  /** Round-trip time of a ping, ms, where the transport has a server. */
+  readonly latencyMs?: number;
+  readonly reasons: readonly string[];
+  readonly details?: Record<string, unknown>;
+}
+
+/** Counters and gauges a transport can report cheaply (no I/O). */
+export interface TransportStats {
+  readonly published: number;
+  readonly delivered: number;
+  readonly acked: number;
+  readonly redelivered: number;
+  readonly deadLettered: number;
+  /** Events waiting inside the transport for this node (backlog), when known. */
+  readonly backlog?: number;
+  readonly connections?: number;
+  readonly [key: string]: unknown;
+}
+
+/**
+ * A transport moves events between bus instances. The bus owns subscriptions,
+ * patterns, dispatch and retries; the transport owns storage, fan-out between
+ * instances, groups and redelivery.
+ *
+ * Contract:
+ * - `publish` resolves only when every event of the batch is accepted by the
+ *   backend (durably, where `durable`), and rejects with an `EventBusError`
+ *   otherwise; a rejected batch may have been partly accepted only when the
+ *   backend cannot do better, and then the error says how many were.
+ * - Each broadcast consumer receives every published event (after it exists);
+ *   each group key hands each event to one member.
+ * - Deliveries respect the sink's flow control.
+ * - Settling a delivery is idempotent. On a durable transport an unsettled
+ *   delivery is redelivered (with `attempt` incremented) after the member that
+ *   held it died or after the redelivery idle time.
+ * - `close()` stops consumers, waits for in-flight publishes, and releases
+ *   connections; it never throws for an already closed transport.
+ */
+export interface Transport {
+  readonly name: string;
+  readonly capabilities: TransportCapabilities;
+  connect(context: TransportContext): Promise<void>;
+  close(): Promise<void>;
+  isConnected(): boolean;
+  publish(events: readonly AgentEvent[], options?: PublishOptions): Promise<void>;
+  consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer>;
+  healthCheck(): Promise<TransportHealth>;
+  stats(): TransportStats;
+  /** Present when `capabilities.replay`. Ascending publish order, the last `limit` matching. */
+  getRecentEvents?(query: HistoryQuery): Promise<AgentEvent[]>;
+  /** Present when `capabilities.replay`. Calls `onEvent` in publish order; resolves with the count. */
+  replay?(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number>;
+  /** Present when `capabilities.deadLetters`. */
+  readonly deadLetters?: DeadLetterStore;
+}
