@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { AgentEvent, EventMetadata, EventPriority } from './event.js';
 import { ValidationError } from './errors.js';
+import type { AgentEvent, EventMetadata, EventPriority } from './event.js';
 import { normalizeEvent } from './validate.js';
 
 const HEX32 = /^[0-9a-f]{32}$/;

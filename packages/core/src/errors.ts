@@ -22,6 +22,7 @@ export const ErrorCodes = {
   NOT_FOUND: 'NOT_FOUND',
   UNSUPPORTED: 'UNSUPPORTED',
   CONFIG: 'CONFIG',
+  RETRY_LATER: 'RETRY_LATER',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -172,6 +173,22 @@ export class PermanentError extends EventBusError {
   }
 }
 
+/**
+ * Thrown by middleware (a circuit breaker, a rate limiter in wait mode) to
+ * postpone an event without using one of its attempts: the bus hands it back
+ * after `delayMs` and the event is never dropped.
+ */
+export class RetryLaterError extends EventBusError {
+  readonly delayMs: number;
+  constructor(delayMs: number, reason = 'postponed', options: EventBusErrorOptions = {}) {
+    super(ErrorCodes.RETRY_LATER, `retry later (${Math.round(delayMs)} ms): ${reason}`, {
+      ...options,
+      details: { delayMs, ...options.details },
+    });
+    this.delayMs = delayMs;
+  }
+}
+
 export class ClosedError extends EventBusError {
   constructor(message = 'the bus is stopped', options?: EventBusErrorOptions) {
     super(ErrorCodes.CLOSED, message, options);
@@ -194,7 +211,10 @@ export class UnsupportedError extends EventBusError {
 export class ConfigError extends EventBusError {
   readonly setting: string;
   constructor(setting: string, message: string, options: EventBusErrorOptions = {}) {
-    super(ErrorCodes.CONFIG, `${setting}: ${message}`, { ...options, details: { setting, ...options.details } });
+    super(ErrorCodes.CONFIG, `${setting}: ${message}`, {
+      ...options,
+      details: { setting, ...options.details },
+    });
     this.setting = setting;
   }
 }

@@ -88,26 +88,24 @@ type Keys<M> = Extract<keyof M, string>;
  * The keys of `M` a pattern `P` can match (an over-approximation for `*` in the
  * middle of a pattern). Falls back to all keys for wildcard-only patterns.
  */
-export type KeysMatching<M, P extends string> = string extends Keys<M>
-  ? string
-  : P extends Keys<M>
-    ? P
-    : P extends '*' | '**'
-      ? Keys<M>
-      : P extends `${infer Prefix}.**`
-        ? Extract<Keys<M>, Prefix | `${Prefix}.${string}`>
-        : P extends `${infer Prefix}.*`
-          ? Extract<Keys<M>, `${Prefix}.${string}`>
-          : P extends `${infer Head}.*.${infer Tail}`
-            ? Extract<Keys<M>, `${Head}.${string}.${Tail}`>
-            : Keys<M>;
+export type KeysMatching<M, P extends string> =
+  string extends Keys<M>
+    ? string
+    : P extends Keys<M>
+      ? P
+      : P extends '*' | '**'
+        ? Keys<M>
+        : P extends `${infer Prefix}.**`
+          ? Extract<Keys<M>, Prefix | `${Prefix}.${string}`>
+          : P extends `${infer Prefix}.*`
+            ? Extract<Keys<M>, `${Prefix}.${string}`>
+            : P extends `${infer Head}.*.${infer Tail}`
+              ? Extract<Keys<M>, `${Head}.${string}.${Tail}`>
+              : Keys<M>;
 
 /** The event type delivered for a key `K` of map `M` (a discriminated union over `K`). */
-export type EventOf<M, K extends string> = string extends Keys<M>
-  ? AgentEvent<unknown, string>
-  : K extends Keys<M>
-    ? AgentEvent<M[K], K>
-    : never;
+export type EventOf<M, K extends string> =
+  string extends Keys<M> ? AgentEvent<unknown, string> : K extends Keys<M> ? AgentEvent<M[K], K> : never;
 
 /** The events a subscription with pattern(s) `P` receives under map `M`. */
 export type EventFor<M, P extends string> = [KeysMatching<M, P>] extends [never]
@@ -115,6 +113,5 @@ export type EventFor<M, P extends string> = [KeysMatching<M, P>] extends [never]
   : EventOf<M, KeysMatching<M, P>>;
 
 /** The input accepted by `publish` for a map `M`. */
-export type EventInputFor<M> = string extends Keys<M>
-  ? EventInput<unknown, string>
-  : { [K in Keys<M>]: EventInput<M[K], K> }[Keys<M>];
+export type EventInputFor<M> =
+  string extends Keys<M> ? EventInput<unknown, string> : { [K in Keys<M>]: EventInput<M[K], K> }[Keys<M>];

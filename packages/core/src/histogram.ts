@@ -54,7 +54,8 @@ export class LatencyHistogram {
   /** Records a value in milliseconds (fractions kept to the microsecond). */
   recordMs(ms: number): void {
     let us = Math.round(ms * 1000);
-    if (!(us >= 0)) us = 0; // negative clock skew or NaN
+    if (!(us >= 0))
+      us = 0; // negative clock skew or NaN
     else if (us > MAX_US) us = MAX_US;
     this.counts[indexOf(us)]!++;
     this.count++;
@@ -100,7 +101,8 @@ export class LatencyHistogram {
   }
 
   snapshot(): HistogramSnapshot {
-    if (this.count === 0) return { count: 0, min: 0, max: 0, mean: 0, p50: 0, p90: 0, p95: 0, p99: 0, p999: 0 };
+    if (this.count === 0)
+      return { count: 0, min: 0, max: 0, mean: 0, p50: 0, p90: 0, p95: 0, p99: 0, p999: 0 };
     return {
       count: this.count,
       min: this.minUs / 1000,

@@ -63,7 +63,7 @@ export interface Middleware {
 export interface MiddlewareHost {
   readonly nodeId: string;
   /** Publish an event from inside middleware (for example a `system.*` state change). */
-  publish(event: import('./event.js').EventInput): Promise<void>;
+  publish(event: import('./event.js').EventInput): Promise<unknown>;
   on(event: string, listener: (...args: never[]) => void): unknown;
 }
 
@@ -77,7 +77,10 @@ export function composeConsume(middleware: readonly Middleware[], handler: Consu
   return fn;
 }
 
-export function composeConsumeBatch(middleware: readonly Middleware[], handler: BatchConsumeFn): BatchConsumeFn {
+export function composeConsumeBatch(
+  middleware: readonly Middleware[],
+  handler: BatchConsumeFn,
+): BatchConsumeFn {
   let fn = handler;
   for (let i = middleware.length - 1; i >= 0; i--) {
     const wrap = middleware[i]!.consumeBatch;

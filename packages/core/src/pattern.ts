@@ -32,7 +32,10 @@ export function validatePattern(pattern: unknown): asserts pattern is string {
     if (seg === '') throw new InvalidPatternError(pattern, `empty segment at position ${i + 1}`);
     if (seg === '*' || seg === '**') continue;
     if (seg.includes('*'))
-      throw new InvalidPatternError(pattern, `segment "${seg}": a wildcard must be a whole segment (* or **)`);
+      throw new InvalidPatternError(
+        pattern,
+        `segment "${seg}": a wildcard must be a whole segment (* or **)`,
+      );
     if (!SEGMENT.test(seg))
       throw new InvalidPatternError(pattern, `segment "${seg}" has characters outside [a-z0-9_-]`);
   }
@@ -46,7 +49,11 @@ export function compilePattern(pattern: string): CompiledPattern {
   let matches: (type: string) => boolean;
   if (matchesAll) matches = () => true;
   else if (exact) matches = (type) => type === pattern;
-  else if (segments.length >= 2 && segments[segments.length - 1] === '**' && !segments.slice(0, -1).some(isWild)) {
+  else if (
+    segments.length >= 2 &&
+    segments[segments.length - 1] === '**' &&
+    !segments.slice(0, -1).some(isWild)
+  ) {
     // `a.b.**`: the type is `a.b` or starts with `a.b.`
     const base = segments.slice(0, -1).join('.');
     const prefix = `${base}.`;

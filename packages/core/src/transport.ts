@@ -91,6 +91,8 @@ export interface DeadLetterInfo {
   readonly pattern?: string;
   readonly group?: string | null;
   readonly nodeId?: string;
+  /** The consumer binding (`ConsumerSpec.id`) the event was dead-lettered from; redrive targets it. */
+  readonly binding?: string;
 }
 
 /** A stored dead letter: the original event, untouched, and why it died. */
@@ -159,7 +161,9 @@ export interface TransportConsumer {
   pause(): void;
   resume(): void;
   /**
-   * Stop handing out deliveries. With `leave: true` the binding's durable state
+   * Stop handing out deliveries. Deliveries handed out before remain settleable
+   * (ack, nack, dead-letter) until the transport itself is closed, so the bus
+   * can drain in-flight handlers after closing its consumers. With `leave: true` the binding's durable state
    * (a per-instance consumer group, a group membership) is removed for good.
    */
   close(options?: { leave?: boolean }): Promise<void>;

@@ -1,6 +1,6 @@
-import { EventPriority } from './event.js';
-import type { AgentEvent, EventInput } from './event.js';
 import { ValidationError } from './errors.js';
+import type { AgentEvent, EventInput } from './event.js';
+import { EventPriority } from './event.js';
 import { uuidv7 } from './id.js';
 
 const TYPE_RE = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
@@ -13,7 +13,9 @@ export const LIMITS = {
 } as const;
 
 export function isValidEventType(type: unknown): type is string {
-  return typeof type === 'string' && type.length > 0 && type.length <= LIMITS.typeLength && TYPE_RE.test(type);
+  return (
+    typeof type === 'string' && type.length > 0 && type.length <= LIMITS.typeLength && TYPE_RE.test(type)
+  );
 }
 
 function fail(prefix: string, field: string, message: string): never {
@@ -83,9 +85,17 @@ export function normalizeEvent(input: unknown, source?: string, prefix = ''): Ag
 }
 
 function validateMetadata(md: unknown, prefix: string): void {
-  if (typeof md !== 'object' || md === null || Array.isArray(md)) fail(prefix, 'metadata', 'must be an object');
+  if (typeof md !== 'object' || md === null || Array.isArray(md))
+    fail(prefix, 'metadata', 'must be an object');
   const m = md as Record<string, unknown>;
-  for (const k of ['source', 'version', 'correlationId', 'causationId', 'traceparent', 'tracestate'] as const) {
+  for (const k of [
+    'source',
+    'version',
+    'correlationId',
+    'causationId',
+    'traceparent',
+    'tracestate',
+  ] as const) {
     if (m[k] !== undefined && typeof m[k] !== 'string') fail(prefix, `metadata.${k}`, 'must be a string');
   }
   for (const k of ['retryCount', 'timeout'] as const) {

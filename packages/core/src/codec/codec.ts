@@ -98,9 +98,12 @@ export class Serializer {
     try {
       body = this.codec.encode(event);
     } catch (err) {
-      throw new CodecError(`cannot encode event ${event.id} with ${this.codec.name}: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new CodecError(
+        `cannot encode event ${event.id} with ${this.codec.name}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
     if (this.compression !== 'none' && body.byteLength >= this.compressAbove) {
       const packed =
@@ -119,7 +122,8 @@ export class Serializer {
     const bytes = typeof frame === 'string' ? Buffer.from(frame, 'utf8') : frame;
     if (bytes.byteLength >= 4 && bytes[0] === FRAME_MAGIC_0 && bytes[1] === FRAME_MAGIC_1) {
       const codec = this.byId.get(bytes[2]!);
-      if (!codec) throw new CodecError(`unknown codec id '${String.fromCharCode(bytes[2]!)}' in frame header`);
+      if (!codec)
+        throw new CodecError(`unknown codec id '${String.fromCharCode(bytes[2]!)}' in frame header`);
       let body = bytes.subarray(4);
       const comp = bytes[3];
       try {
@@ -137,7 +141,9 @@ export class Serializer {
       try {
         return jsonCodec.decode(bytes);
       } catch (err) {
-        throw new CodecError(`cannot decode headerless JSON frame: ${(err as Error).message}`, { cause: err });
+        throw new CodecError(`cannot decode headerless JSON frame: ${(err as Error).message}`, {
+          cause: err,
+        });
       }
     }
     throw new CodecError('not a QE frame (missing "QE" header)');
@@ -155,6 +161,8 @@ export function createSerializer(setting: SerializationName | SerializerOptions 
     case 'compressed':
       return new Serializer({ codec: msgpackCodec, compression: 'gzip', compressAbove: 1024 });
     default:
-      throw new CodecError(`unknown serialization ${JSON.stringify(setting)}: use json, msgpack or compressed`);
+      throw new CodecError(
+        `unknown serialization ${JSON.stringify(setting)}: use json, msgpack or compressed`,
+      );
   }
 }
