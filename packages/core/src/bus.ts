@@ -578,25 +578,20 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
    * Resolves with the published event once the transport accepted it. Throws
    * `ValidationError` naming the bad field before anything is sent.
    */
-  publish(input: EventInputFor<M>): Promise<AgentEvent> {
-    if (this.state !== 'running') return Promise.reject(this.notRunning());
-    let event: AgentEvent;
-    try {
-      event = normalizeEvent(input, this.stampSource ? this.nodeId : undefined);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  async publish(input: EventInputFor<M>): Promise<AgentEvent> {
+    if (this.state !== 'running') throw this.notRunning();
+    const event = normalizeEvent(input, this.stampSource ? this.nodeId : undefined);
     if (this.freeze && !Object.isFrozen(event)) Object.freeze(event);
     this.published++;
-    return this.publishChain([event], this.singleCtx).then(
-      () => event,
-      (err) => {
-        this.published--;
-        this.publishErrors++;
-        this.errors++;
-        throw this.wrapTransportError(err);
-      },
-    );
+    try {
+      await this.publishChain([event], this.singleCtx);
+    } catch (err) {
+      this.published--;
+      this.publishErrors++;
+      this.errors++;
+      throw this.wrapTransportError(err);
+    }
+    return event;
   }
 
   /** Publishes a batch: validated whole (all or nothing) and handed to the transport in one call. */
