@@ -56,6 +56,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
+import { REDRIVE_TARGET_KEY } from './transport.js';
 import { normalizeBatch, normalizeEvent } from './validate.js';
 
 /** Spec 000's metrics shape, exactly. Latencies in ms, publish to handler start. */
@@ -876,15 +877,20 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     }
     let first: Subscription | undefined;
     let more: Subscription[] | undefined;
+    // a redriven dead letter goes back to the subscription that failed it, if it is here
+    let redriveTo = ev.metadata?.[REDRIVE_TARGET_KEY] as string | undefined;
+    if (redriveTo !== undefined && !targets.some((s) => s.id === redriveTo)) redriveTo = undefined;
     for (let i = 0; i < targets.length; i++) {
       const s = targets[i]!;
       if (s.closed) continue;
       if (s.minPriority !== undefined && ev.priority > s.minPriority) continue;
       if (s.filter !== undefined && !this.passes(s, ev)) continue;
+      if (redriveTo !== undefined && s.id !== redriveTo && b.group === null) continue;
       if (s.once) {
         if (s.onceFired) continue;
         s.onceFired = true;
         this.detach(s);
+        this.subs.delete(s.id);
       }
       if (first === undefined) first = s;
       else (more ??= []).push(s);

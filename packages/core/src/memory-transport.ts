@@ -1,7 +1,7 @@
 import { createRoundRobinBalancer, type GroupBalancer, type GroupMember } from './balancer.js';
 import { epochNow } from './clock.js';
 import { ClosedError, NotConnectedError, QueueFullError, ValidationError } from './errors.js';
-import type { AgentEvent } from './event.js';
+import type { AgentEvent, EventMetadata } from './event.js';
 import { noopLogger } from './logger.js';
 import { type CompiledPattern, compilePattern } from './pattern.js';
 import type {
@@ -22,6 +22,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
+import { REDRIVE_TARGET_KEY } from './transport.js';
 
 export interface MemoryBrokerOptions {
   /**
@@ -471,7 +472,9 @@ export class MemoryDeadLetterStore implements DeadLetterStore {
     const chosen = this.select(selector).slice(0, selector.limit ?? Number.POSITIVE_INFINITY);
     for (const dl of chosen) {
       const md = dl.event.metadata;
-      const event: AgentEvent = { ...dl.event, metadata: { ...md, retryCount: (md?.retryCount ?? 0) + 1 } };
+      const metadata: EventMetadata = { ...md, retryCount: (md?.retryCount ?? 0) + 1 };
+      if (dl.subscriptionId !== undefined) metadata[REDRIVE_TARGET_KEY] = dl.subscriptionId;
+      const event: AgentEvent = { ...dl.event, metadata };
       this.broker.redrive(event, dl.binding);
       this.items.delete(dl.id);
     }

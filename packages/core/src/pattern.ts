@@ -126,7 +126,7 @@ export class PatternIndex<T> {
   add(pattern: string, value: T): void {
     validatePattern(pattern);
     let n = this.root;
-    for (const seg of pattern.split('.')) {
+    for (const seg of segmentsOf(pattern)) {
       if (seg === '*') n = n.star ??= node();
       else if (seg === '**') n = n.globstar ??= node();
       else {
@@ -143,7 +143,7 @@ export class PatternIndex<T> {
   /** Removes one registration of `value` under `pattern`. Returns whether one was found. */
   remove(pattern: string, value: T): boolean {
     let n: TrieNode<T> | undefined = this.root;
-    for (const seg of pattern.split('.')) {
+    for (const seg of segmentsOf(pattern)) {
       if (!n) return false;
       n = seg === '*' ? n.star : seg === '**' ? n.globstar : n.children.get(seg);
     }
@@ -168,6 +168,11 @@ export class PatternIndex<T> {
     this.cache.set(type, result);
     return result;
   }
+}
+
+/** A lone `*` means every event (spec 000 subscribes to `'*'` for all events), like `**`. */
+function segmentsOf(pattern: string): string[] {
+  return pattern === '*' ? ['**'] : pattern.split('.');
 }
 
 function collect<T>(n: TrieNode<T>, segs: readonly string[], i: number, out: Set<T>): void {

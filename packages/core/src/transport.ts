@@ -81,6 +81,14 @@ export interface DeliverySink {
   sheds(priority: EventPriority): boolean;
 }
 
+/**
+ * Metadata key a dead-letter store sets on a redriven event: the id of the
+ * subscription that dead-lettered it. The bus then hands the event to that
+ * subscription only (when it exists on the receiving node), so subscribers that
+ * already handled the event are not bothered again.
+ */
+export const REDRIVE_TARGET_KEY = 'redriveTarget';
+
 /** Why an event was dead-lettered. */
 export interface DeadLetterInfo {
   readonly reason: 'max_attempts' | 'permanent' | 'rejected' | 'expired' | 'decode_error' | 'shed';
