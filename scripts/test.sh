@@ -15,9 +15,11 @@ biome check . || status=1
 echo "[qe] typecheck + tests (turbo)"
 turbo run typecheck test --concurrency=2 --output-logs=full 2>&1 | tee "$log" || status=1
 
-# One closing line for the whole run, summed over every package's vitest summary.
-passed=$(grep -aoE 'Tests +[0-9]+ (failed \| )?[0-9]* ?passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -aoE 'Tests +[0-9]+ failed' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+# One closing line for the whole run, summed over every package's vitest summary
+# ("Tests  3 failed | 104 passed (107)"), colours stripped.
+summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -aE '^[^ ]*:test: +Tests +[0-9]' || true)
+passed=$(echo "$summary" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(echo "$summary" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "${passed} passed, ${failed} failed"
 exit "$status"
