@@ -753,6 +753,9 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       startFrom,
       sink: {
         deliver: (d) => this.onDelivery(b, d),
+        deliverMany: (ds) => {
+          for (let i = 0; i < ds.length; i++) this.onDelivery(b, ds[i]!);
+        },
         capacity: () => this.maxQueue - this.queued,
         ready: () => this.whenReady(),
         sheds: (p) => p >= this.shedFrom,

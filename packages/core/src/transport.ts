@@ -73,6 +73,11 @@ export interface ConsumerSpec {
 export interface DeliverySink {
   /** Hand one delivery to the bus. Never throws; the bus settles it later (ack, nack or dead-letter). */
   deliver(delivery: Delivery): void;
+  /**
+   * Hand a batch read in one go (an XREADGROUP reply, say). Same contract as
+   * `deliver` for each; the bus schedules the whole batch before dispatching any.
+   */
+  deliverMany(deliveries: readonly Delivery[]): void;
   /** How many more deliveries the bus accepts right now. */
   capacity(): number;
   /** Resolves when `capacity() > 0`. */
