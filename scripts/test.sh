@@ -13,7 +13,7 @@ status=0
 echo "[qe] lint (biome)"
 biome check . || status=1
 echo "[qe] typecheck + tests (turbo)"
-turbo run typecheck test --concurrency=2 --output-logs=full 2>&1 | tee "$log" || status=1
+turbo run typecheck test --concurrency=2 --continue --output-logs=full 2>&1 | tee "$log" || status=1
 
 # One closing line for the whole run, summed over every package's vitest summary
 # ("Tests  3 failed | 104 passed (107)"), colours stripped.
