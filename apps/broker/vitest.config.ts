@@ -1,3 +1,3 @@
 import { qeVitestConfig } from '@qe/vitest-preset';
 
-export default qeVitestConfig();
+export default qeVitestConfig({ globalSetup: ['test/global-setup.ts'] });

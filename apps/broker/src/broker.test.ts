@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest';
+import { createBroker } from './broker.js';
+import { loadBrokerConfig } from './config.js';
+
+function config(extra: Record<string, string> = {}) {
+  return loadBrokerConfig({
+    env: { HOST: '127.0.0.1', PORT: '0', METRICS_COLLECTION_INTERVAL: '100', ...extra },
+  });
+}
+
+describe('createBroker', () => {
+  it('drains in-flight handlers before stop() resolves, then refuses requests', async () => {
+    const broker = createBroker(config());
+    await broker.start();
+    let finished = 0;
+    const sub = broker.bus.subscribe(
+      'work.*',
+      async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        finished++;
+      },
+      { maxConcurrency: 10 },
+    );
+    await sub.ready;
+    for (let i = 0; i < 5; i++) await broker.bus.publish({ type: 'work.item', agentId: 'a', data: { i } });
+    const t0 = Date.now();
+    expect(await broker.stop()).toBe('clean');
+    expect(finished).toBe(5);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    await expect(fetch(`${broker.url}/health`)).rejects.toThrow();
+  });
+
+  it("reports 'timeout' when a handler outlives SHUTDOWN_TIMEOUT", async () => {
+    const broker = createBroker(config({ SHUTDOWN_TIMEOUT: '200' }));
+    await broker.start();
+    let release!: () => void;
+    const sub = broker.bus.subscribe('slow.*', () => new Promise<void>((r) => (release = r)));
+    await sub.ready;
+    await broker.bus.publish({ type: 'slow.job', agentId: 'a', data: null });
+    await new Promise((r) => setTimeout(r, 20));
+    const t0 = Date.now();
+    expect(await broker.stop()).toBe('timeout');
+    expect(Date.now() - t0).toBeLessThan(3000);
+    release();
+  });
+
+  it('counts events by family and priority and samples latency for the dashboard', async () => {
+    const broker = createBroker(config());
+    await broker.start();
+    try {
+      await broker.bus.publishBatch([
+        { type: 'task.create', agentId: 'a', data: 1, priority: 0 },
+        { type: 'task.update', agentId: 'a', data: 2, priority: 2 },
+        { type: 'agent.spawn', agentId: 'a', data: 3, priority: 4 },
+      ]);
+      await new Promise((r) => setTimeout(r, 250));
+      const snap = broker.monitor.snapshot();
+      expect(snap.byFamily).toEqual({ task: 2, agent: 1 });
+      expect(snap.byPriority).toEqual({ critical: 1, high: 0, normal: 1, low: 0, bulk: 1 });
+      expect(snap.totals.handled).toBe(3);
+      expect(snap.history.some((s) => s.count > 0)).toBe(true);
+      const res = await fetch(`${broker.url}/metrics`);
+      const text = await res.text();
+      expect(text).toMatch(/qe_eventbus_events_observed_total\{[^}]*family="task"\} 2/);
+      expect(text).toMatch(/qe_eventbus_events_published_total\{[^}]*\} 3/);
+    } finally {
+      await broker.stop();
+    }
+  });
+
+  it('lists, redrives and purges dead letters over HTTP', async () => {
+    const broker = createBroker(config());
+    await broker.start();
+    try {
+      let calls = 0;
+      const sub = broker.bus.subscribe(
+        'job.*',
+        () => {
+          calls++;
+          if (calls <= 2) throw new Error('boom');
+        },
+        { retryAttempts: 0 },
+      );
+      await sub.ready;
+      await broker.bus.publish({ type: 'job.a', agentId: 'a', data: 1 });
+      await broker.bus.publish({ type: 'job.b', agentId: 'a', data: 2 });
+      await new Promise((r) => setTimeout(r, 50));
+      const list = (await (await fetch(`${broker.url}/dead-letters`)).json()) as {
+        count: number;
+        items: { id: string; event: { type: string }; reason: string }[];
+      };
+      expect(list.count).toBe(2);
+      expect(list.items.map((i) => i.event.type).sort()).toEqual(['job.a', 'job.b']);
+      const one = list.items[0]!;
+      const got = await fetch(`${broker.url}/dead-letters/${one.id}`);
+      expect(((await got.json()) as { id: string }).id).toBe(one.id);
+      const filtered = (await (await fetch(`${broker.url}/dead-letters?pattern=job.a`)).json()) as {
+        items: unknown[];
+      };
+      expect(filtered.items).toHaveLength(1);
+      const redrive = await fetch(`${broker.url}/dead-letters/redrive`, {
+        method: 'POST',
+        body: JSON.stringify({ ids: [one.id] }),
+      });
+      expect(await redrive.json()).toEqual({ redriven: 1 });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(calls).toBe(3);
+      const purge = await fetch(`${broker.url}/dead-letters`, { method: 'DELETE' });
+      expect(await purge.json()).toEqual({ purged: 1 });
+      expect((await fetch(`${broker.url}/dead-letters?limit=0`)).status).toBe(400);
+    } finally {
+      await broker.stop();
+    }
+  });
+});

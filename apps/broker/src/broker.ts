@@ -1,0 +1,353 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import {
+  EventBusError,
+  isEventBusError,
+  type Logger,
+  MemoryTransport,
+  noopLogger,
+  QEEventBus,
+  type Transport,
+  toError,
+  ValidationError,
+} from '@qe/core';
+import { type BrokerConfig, redactConfig } from './config.js';
+import { renderDashboardHtml } from './dashboard.js';
+import { BrokerMonitor } from './monitor.js';
+import { renderPrometheus } from './prometheus.js';
+
+export interface CreateBrokerOptions {
+  logger?: Logger;
+  /** Use this transport instead of the one the configuration describes (tests, embedding). */
+  transport?: Transport;
+}
+
+/** How `stop()` ended: everything drained, or the shutdown timeout cut it short. */
+export type StopResult = 'clean' | 'timeout';
+
+/** A running reference broker: one bus, one HTTP server. */
+export interface Broker {
+  readonly config: BrokerConfig;
+  readonly bus: QEEventBus;
+  readonly monitor: BrokerMonitor;
+  /** `http://host:port` once started. */
+  readonly url: string;
+  readonly port: number;
+  /** Connects the bus, subscribes the monitor, listens. Rejects (and cleans up) if any step fails. */
+  start(): Promise<void>;
+  /**
+   * Graceful shutdown, at most `shutdownTimeoutMs`: stops accepting requests
+   * and connections, stops the monitor, lets the bus drain and ack in-flight
+   * handlers, closes the transport, then drops remaining sockets. Idempotent:
+   * concurrent calls share one shutdown.
+   */
+  stop(): Promise<StopResult>;
+}
+
+const MAX_BODY = 1024 * 1024;
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'cache-control': 'no-store',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, err: unknown): void {
+  const e = toError(err);
+  if (isEventBusError(e)) {
+    const status =
+      e.code === 'VALIDATION' || e.code === 'INVALID_PATTERN'
+        ? 400
+        : e.code === 'NOT_FOUND'
+          ? 404
+          : e.code === 'PAYLOAD_TOO_LARGE'
+            ? 413
+            : e.code === 'UNSUPPORTED'
+              ? 501
+              : e.code === 'CLOSED' || e.code === 'NOT_CONNECTED'
+                ? 503
+                : 500;
+    sendJson(res, status, { error: (e as EventBusError).toJSON() });
+    return;
+  }
+  sendJson(res, 500, { error: { name: 'Error', code: 'INTERNAL', message: e.message } });
+}
+
+function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new EventBusError('PAYLOAD_TOO_LARGE', `request body exceeds ${MAX_BODY} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (size === 0) return resolve({});
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch (err) {
+        reject(new ValidationError('body', `must be JSON (${toError(err).message})`));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+function selectorFrom(body: unknown): { ids?: string[]; pattern?: string; limit?: number } {
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new ValidationError('body', 'must be a JSON object like {"ids": [...]} or {"pattern": "task.*"}');
+  const b = body as Record<string, unknown>;
+  const out: { ids?: string[]; pattern?: string; limit?: number } = {};
+  if (b.ids !== undefined) {
+    if (!Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string'))
+      throw new ValidationError('ids', 'must be an array of dead-letter ids (strings)');
+    out.ids = b.ids as string[];
+  }
+  if (b.pattern !== undefined) {
+    if (typeof b.pattern !== 'string') throw new ValidationError('pattern', 'must be a string pattern');
+    out.pattern = b.pattern;
+  }
+  if (b.limit !== undefined) {
+    if (typeof b.limit !== 'number' || !Number.isInteger(b.limit) || b.limit < 1)
+      throw new ValidationError('limit', 'must be an integer >= 1');
+    out.limit = b.limit;
+  }
+  return out;
+}
+
+function createTransport(config: BrokerConfig): Transport {
+  if (config.redis === null) return new MemoryTransport();
+  throw new EventBusError(
+    'UNSUPPORTED',
+    'Redis is configured but @qe/redis-transport is not available in this build; unset REDIS_* to run in memory',
+  );
+}
+
+/**
+ * Builds the broker from a validated configuration. Nothing listens or
+ * connects until `start()`.
+ */
+export function createBroker(config: BrokerConfig, options: CreateBrokerOptions = {}): Broker {
+  const logger = options.logger ?? noopLogger;
+  const transport = options.transport ?? createTransport(config);
+  const bus = new QEEventBus({
+    nodeId: config.nodeId,
+    transport,
+    logger,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+  });
+  bus.on('error', (err: Error) =>
+    logger.error(err.message, { code: (err as { code?: string }).code, component: 'bus' }),
+  );
+  bus.on('deadLetter', (rec: { event: { id: string; type: string }; reason: string }) =>
+    logger.warn('event dead-lettered', { eventId: rec.event.id, type: rec.event.type, reason: rec.reason }),
+  );
+  const monitor = new BrokerMonitor(bus, {
+    serviceName: config.serviceName,
+    intervalMs: config.metricsIntervalMs,
+    healthIntervalMs: config.healthCheckIntervalMs,
+    enabled: config.monitoringEnabled,
+    logger,
+  });
+
+  let stopping = false;
+  let stopPromise: Promise<StopResult> | null = null;
+  let port = 0;
+  let url = '';
+  const html = renderDashboardHtml(config.serviceName);
+
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const u = new URL(req.url ?? '/', 'http://broker');
+    const path = u.pathname;
+    const method = req.method ?? 'GET';
+    if (stopping) {
+      res.setHeader('connection', 'close');
+      sendJson(res, 503, { error: { code: 'CLOSED', message: 'the broker is shutting down' } });
+      return;
+    }
+    if (method === 'GET' && (path === '/' || path === '/index.html')) {
+      res.writeHead(200, {
+        'content-type': 'text/html; charset=utf-8',
+        'cache-control': 'no-store',
+        'content-security-policy':
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+      });
+      res.end(html);
+      return;
+    }
+    if (method === 'GET' && path === '/api/dashboard') {
+      sendJson(res, 200, monitor.snapshot());
+      return;
+    }
+    if (method === 'GET' && path === '/api/config') {
+      sendJson(res, 200, redactConfig(config));
+      return;
+    }
+    if (method === 'GET' && (path === '/health' || path === '/healthz')) {
+      const h = await bus.healthCheck();
+      sendJson(res, h.status === 'unhealthy' ? 503 : 200, { service: config.serviceName, ...h });
+      return;
+    }
+    if (method === 'GET' && path === '/metrics') {
+      const text = renderPrometheus(bus, config.monitoringEnabled ? monitor.snapshot() : null);
+      res.writeHead(200, {
+        'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+        'cache-control': 'no-store',
+      });
+      res.end(text);
+      return;
+    }
+    if (path === '/dead-letters' || path.startsWith('/dead-letters/')) {
+      await deadLetterRoute(method, path, u, req, res);
+      return;
+    }
+    sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${path}` } });
+  };
+
+  const deadLetterRoute = async (
+    method: string,
+    path: string,
+    u: URL,
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): Promise<void> => {
+    const store = bus.deadLetters;
+    if (!store)
+      throw new EventBusError('UNSUPPORTED', `transport ${bus.transport.name} keeps no dead letters`);
+    if (method === 'GET' && path === '/dead-letters') {
+      const limitS = u.searchParams.get('limit');
+      const limit = limitS === null ? 100 : Number(limitS);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000)
+        throw new ValidationError('limit', 'must be an integer from 1 to 10000');
+      const pattern = u.searchParams.get('pattern') ?? undefined;
+      const after = u.searchParams.get('after') ?? undefined;
+      const items = await store.list({
+        limit,
+        ...(pattern === undefined ? {} : { pattern }),
+        ...(after === undefined ? {} : { after }),
+      });
+      sendJson(res, 200, { count: await store.count(), items });
+      return;
+    }
+    if (method === 'POST' && path === '/dead-letters/redrive') {
+      const sel = selectorFrom(await readJsonBody(req));
+      const n = await store.redrive(sel);
+      logger.info('dead letters redriven', { count: n });
+      sendJson(res, 200, { redriven: n });
+      return;
+    }
+    if (
+      (method === 'POST' && path === '/dead-letters/purge') ||
+      (method === 'DELETE' && path === '/dead-letters')
+    ) {
+      const sel = selectorFrom(await readJsonBody(req));
+      const n = await store.purge(sel);
+      logger.info('dead letters purged', { count: n });
+      sendJson(res, 200, { purged: n });
+      return;
+    }
+    const m = /^\/dead-letters\/([^/]+)$/.exec(path);
+    if (m && method === 'GET') {
+      const dl = await store.get(decodeURIComponent(m[1]!));
+      if (!dl) sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no dead letter ${m[1]}` } });
+      else sendJson(res, 200, dl);
+      return;
+    }
+    if (m && method === 'DELETE') {
+      const n = await store.purge({ ids: [decodeURIComponent(m[1]!)] });
+      sendJson(res, n === 0 ? 404 : 200, { purged: n });
+      return;
+    }
+    sendJson(res, 405, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${path}` } });
+  };
+
+  const server: Server = createServer((req, res) => {
+    route(req, res).catch((err) => {
+      if (!res.headersSent) sendError(res, err);
+      else res.destroy();
+      const e = toError(err);
+      if (!isEventBusError(e) || (e as EventBusError).code === 'TRANSPORT')
+        logger.error('request failed', { method: req.method, url: req.url, error: e.message });
+    });
+  });
+  server.keepAliveTimeout = 5000;
+  monitor.addSource({ name: 'http', connections: () => openSockets.size });
+  const openSockets = new Set<import('node:net').Socket>();
+  server.on('connection', (s) => {
+    openSockets.add(s);
+    s.on('close', () => openSockets.delete(s));
+  });
+
+  const broker: Broker = {
+    config,
+    bus,
+    monitor,
+    get url() {
+      return url;
+    },
+    get port() {
+      return port;
+    },
+    async start() {
+      await bus.start();
+      try {
+        await monitor.start();
+        await new Promise<void>((resolve, reject) => {
+          const onError = (err: Error) => reject(err);
+          server.once('error', onError);
+          server.listen(config.port, config.host, () => {
+            server.off('error', onError);
+            resolve();
+          });
+        });
+      } catch (err) {
+        monitor.stop();
+        await bus.stop().catch(() => {});
+        throw err;
+      }
+      port = (server.address() as AddressInfo).port;
+      const shownHost = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
+      url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`;
+      logger.info('broker listening', {
+        url,
+        host: config.host,
+        port,
+        transport: bus.transport.name,
+        service: config.serviceName,
+        nodeId: config.nodeId,
+      });
+    },
+    stop() {
+      if (stopPromise) return stopPromise;
+      stopping = true;
+      stopPromise = (async (): Promise<StopResult> => {
+        const started = Date.now();
+        server.close();
+        server.closeIdleConnections();
+        monitor.stop();
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = new Promise<'timeout'>((resolve) => {
+          timer = setTimeout(() => resolve('timeout'), config.shutdownTimeoutMs + 1000);
+        });
+        let result: StopResult = await Promise.race([bus.stop().then(() => 'clean' as const), timedOut]);
+        clearTimeout(timer);
+        // bus.stop() gives up on handlers still running at the deadline and leaves them unacked
+        if (result === 'clean' && bus.getMetrics().queueSize > 0) result = 'timeout';
+        server.closeAllConnections();
+        logger.info('broker stopped', { result, ms: Date.now() - started });
+        return result;
+      })();
+      return stopPromise;
+    },
+  };
+  return broker;
+}

@@ -1,0 +1,184 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
+
+const running: SpawnedBroker[] = [];
+afterEach(async () => {
+  for (const b of running.splice(0)) {
+    if (b.child.exitCode === null && b.child.signalCode === null) {
+      b.child.kill('SIGKILL');
+      await b.exited;
+    }
+  }
+});
+
+async function start(env: Record<string, string> = {}, args: string[] = []): Promise<SpawnedBroker> {
+  const b = await startBroker(env, args);
+  running.push(b);
+  return b;
+}
+
+describe('broker process (memory transport, no configuration)', () => {
+  it('serves the dashboard, health, metrics and dead letters over real HTTP, then exits 0 on SIGTERM', async () => {
+    const b = await start({ SERVICE_NAME: 'broker-under-test', METRICS_COLLECTION_INTERVAL: '200' });
+
+    const page = await fetch(`${b.url}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toMatch(/text\/html/);
+    const html = await page.text();
+    expect(html).toContain('<title>broker-under-test');
+    expect(html).toContain('/api/dashboard');
+    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href="http/); // self-contained: no external assets
+
+    const health = await fetch(`${b.url}/health`);
+    expect(health.status).toBe(200);
+    const h = (await health.json()) as { status: string; connected: boolean; service: string };
+    expect(h).toMatchObject({ status: 'healthy', connected: true, service: 'broker-under-test' });
+
+    const metrics = await fetch(`${b.url}/metrics`);
+    expect(metrics.status).toBe(200);
+    expect(metrics.headers.get('content-type')).toMatch(/text\/plain/);
+    const text = await metrics.text();
+    expect(text).toMatch(/^# TYPE qe_eventbus_events_published_total counter$/m);
+    expect(text).toMatch(/^qe_eventbus_up\{[^}]*\} 1$/m);
+
+    await new Promise((r) => setTimeout(r, 500));
+    const dash = (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
+      service: string;
+      transport: string;
+      history: unknown[];
+      byPriority: Record<string, number>;
+    };
+    expect(dash.service).toBe('broker-under-test');
+    expect(dash.transport).toBe('memory');
+    expect(dash.history.length).toBeGreaterThan(0);
+    expect(Object.keys(dash.byPriority)).toEqual(['critical', 'high', 'normal', 'low', 'bulk']);
+
+    const dl = await fetch(`${b.url}/dead-letters`);
+    expect(dl.status).toBe(200);
+    expect(await dl.json()).toEqual({ count: 0, items: [] });
+    const missing = await fetch(`${b.url}/dead-letters/nope`);
+    expect(missing.status).toBe(404);
+    const bad = await fetch(`${b.url}/dead-letters/redrive`, { method: 'POST', body: '{"ids": "x"}' });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('VALIDATION');
+    const notJson = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{oops' });
+    expect(notJson.status).toBe(400);
+    const purge = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{}' });
+    expect(await purge.json()).toEqual({ purged: 0 });
+    expect((await fetch(`${b.url}/nowhere`)).status).toBe(404);
+
+    b.child.kill('SIGTERM');
+    expect(await b.exited).toBe(0);
+    const msgs = b.logs.map((l) => l.msg);
+    expect(msgs).toContain('shutting down');
+    expect(b.logs.find((l) => l.msg === 'shutdown complete')?.result).toBe('clean');
+    for (const l of b.logs) expect(typeof l.time).toBe('string');
+  });
+
+  it('exits 0 on SIGINT too', async () => {
+    const b = await start();
+    b.child.kill('SIGINT');
+    expect(await b.exited).toBe(0);
+    expect(b.logs.find((l) => l.msg === 'shutting down')?.reason).toBe('SIGINT');
+  });
+
+  it('reads a --config file; the environment overrides it', async () => {
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'qe-broker-'));
+    const file = join(dir, 'broker.json');
+    writeFileSync(
+      file,
+      JSON.stringify({ serviceName: 'from-file', logLevel: 'debug', metricsCollectionInterval: 250 }),
+    );
+    const b = await start({ SERVICE_NAME: 'from-env' }, ['--config', file]);
+    const cfg = (await (await fetch(`${b.url}/api/config`)).json()) as Record<string, unknown>;
+    expect(cfg.serviceName).toBe('from-env');
+    expect(cfg.logLevel).toBe('debug');
+    expect(cfg.metricsIntervalMs).toBe(250);
+  });
+
+  it('exits 1 when it cannot listen (port taken)', async () => {
+    const a = await start();
+    const port = new URL(a.url).port;
+    const r = await runBroker({ PORT: port });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/"msg":"cannot start"/);
+    expect(r.stderr).toMatch(/EADDRINUSE/);
+  });
+});
+
+describe('broker process: invalid configuration exits 2 naming the setting and the accepted values', () => {
+  const cases: [string, Record<string, string>, string[], RegExp][] = [
+    ['PORT out of range', { PORT: '99999' }, [], /PORT="99999": must be an integer from 0 to 65535/],
+    [
+      'REDIS_PORT not a number',
+      { REDIS_PORT: 'abc' },
+      [],
+      /REDIS_PORT="abc": must be an integer from 1 to 65535/,
+    ],
+    [
+      'REDIS_DB out of range',
+      { REDIS_HOST: 'localhost', REDIS_DB: '42' },
+      [],
+      /REDIS_DB="42": must be an integer from 0 to 15/,
+    ],
+    [
+      'MONITORING_ENABLED not a boolean',
+      { MONITORING_ENABLED: 'maybe' },
+      [],
+      /MONITORING_ENABLED="maybe": must be true or false/,
+    ],
+    [
+      'EVENTBUS_BATCH_SIZE zero',
+      { EVENTBUS_BATCH_SIZE: '0' },
+      [],
+      /EVENTBUS_BATCH_SIZE="0": must be an integer from 1 to 10000/,
+    ],
+    [
+      'REDIS_URL with a bad scheme',
+      { REDIS_URL: 'http://x' },
+      [],
+      /REDIS_URL="http:\/\/x": must be a URL like redis:\/\//,
+    ],
+    [
+      'REDIS_CLUSTER_NODES without ports',
+      { REDIS_CLUSTER_NODES: 'a,b:7000' },
+      [],
+      /REDIS_CLUSTER_NODES: bad node "a" \(accepted: a comma-separated list of host:port/,
+    ],
+    [
+      'LOG_LEVEL unknown',
+      { LOG_LEVEL: 'loud' },
+      [],
+      /LOG_LEVEL="loud": must be one of debug, info, warn, error/,
+    ],
+    [
+      'config file missing',
+      {},
+      ['--config', '/nonexistent/broker.json'],
+      /--config \/nonexistent\/broker.json: cannot read the file/,
+    ],
+    [
+      'unknown argument',
+      {},
+      ['--port', '3000'],
+      /--port: unknown argument \(accepted: --config <file.json>\)/,
+    ],
+  ];
+  it.each(cases)('%s', async (_name, env, args, message) => {
+    const r = await runBroker(env, args);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).toMatch(/"msg":"invalid configuration"/);
+  });
+
+  it('reports every bad setting at once', async () => {
+    const r = await runBroker({ PORT: '-1', HEALTH_CHECK_INTERVAL: 'soon', SERVICE_NAME: 'has spaces' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/PORT="-1"/);
+    expect(r.stderr).toMatch(/HEALTH_CHECK_INTERVAL="soon": must be an integer from 100 to 3600000 \(ms\)/);
+    expect(r.stderr).toMatch(/SERVICE_NAME="has spaces": must be 1-64 characters/);
+  });
+});

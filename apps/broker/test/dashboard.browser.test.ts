@@ -1,0 +1,126 @@
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { describe, expect, it } from 'vitest';
+import { createBroker } from '../src/broker.js';
+import { loadBrokerConfig } from '../src/config.js';
+
+const ARTIFACTS = fileURLToPath(new URL('../.test-artifacts/', import.meta.url));
+const FAMILIES = [
+  'agent.task.assign',
+  'task.create',
+  'swarm.phase.transition',
+  'consensus.vote',
+  'system.metrics',
+];
+
+describe('dashboard in headless Chromium', () => {
+  it('shows live numbers that change while events flow', async () => {
+    const broker = createBroker(
+      loadBrokerConfig({
+        env: {
+          HOST: '127.0.0.1',
+          PORT: '0',
+          SERVICE_NAME: 'dashboard-test',
+          METRICS_COLLECTION_INTERVAL: '250',
+        },
+      }),
+    );
+    await broker.start();
+    const profile = mkdtempSync(join(tmpdir(), 'qe-chromium-'));
+    // a fresh profile per run: playwright passes it to Chromium as --user-data-dir
+    const browser = await chromium.launchPersistentContext(profile, {
+      executablePath: '/usr/bin/chromium',
+      viewport: { width: 1400, height: 1000 },
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--no-first-run',
+        '--disable-sync',
+      ],
+    });
+    let flowing = true;
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      page.on('console', (m) => {
+        if (m.type() === 'error') errors.push(m.text());
+      });
+      await page.goto(`${broker.url}/`);
+      await page.waitForFunction(() => document.getElementById('status')?.textContent === 'healthy');
+      expect(await page.textContent('#t-rate-sub')).toBe('0 handled in total');
+
+      // events flow while the page is open: a failing consumer too, for dead letters
+      const sub = broker.bus.subscribe(
+        'task.fail',
+        () => {
+          throw new Error('simulated handler failure');
+        },
+        { retryAttempts: 0 },
+      );
+      await sub.ready;
+      let n = 0;
+      const pump = (async () => {
+        while (flowing) {
+          const batch = [];
+          for (let i = 0; i < 40; i++, n++)
+            batch.push({
+              type: FAMILIES[n % FAMILIES.length]!,
+              agentId: `agent-${n % 7}`,
+              data: { n },
+              priority: (n % 5) as 0,
+            });
+          if (n % 400 === 0) batch.push({ type: 'task.fail', agentId: 'agent-x', data: { n } });
+          await broker.bus.publishBatch(batch);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      })();
+
+      await page.waitForFunction(
+        () => Number((document.getElementById('t-rate')?.textContent ?? '0').replace(/[^0-9.]/g, '')) > 0,
+      );
+      const first = await page.textContent('#t-rate-sub');
+      await page.waitForFunction(
+        (prev) => document.getElementById('t-rate-sub')?.textContent !== prev,
+        first,
+      );
+      const second = await page.textContent('#t-rate-sub');
+      const handled = (s: string | null) => Number((s ?? '').replace(/[^0-9]/g, ''));
+      expect(handled(second)).toBeGreaterThan(handled(first));
+
+      await page.waitForFunction(() => Number(document.getElementById('t-dead')?.textContent ?? '0') > 0);
+      await page.waitForFunction(() => document.querySelectorAll('#c-lat path').length === 4);
+      const families = await page.$$eval('#b-family .row', (rows) =>
+        rows.map((r) => r.getAttribute('data-name')),
+      );
+      expect(families.sort()).toEqual(['agent', 'consensus', 'swarm', 'system', 'task']);
+      const priorities = await page.$$eval('#b-priority .row', (rows) =>
+        rows.map((r) => r.getAttribute('data-name')),
+      );
+      expect(priorities).toEqual(['critical', 'high', 'normal', 'low', 'bulk']);
+      expect(await page.textContent('#dead')).toContain('simulated handler failure');
+      expect(await page.textContent('#lag')).toContain('bus queue');
+      expect(await page.textContent('#circuits')).toContain('no circuit breakers configured');
+      expect(Number(await page.textContent('#t-conn'))).toBeGreaterThan(0);
+
+      await new Promise((r) => setTimeout(r, 2500)); // a few more samples on the charts
+      mkdirSync(ARTIFACTS, { recursive: true });
+      const shot = join(ARTIFACTS, 'dashboard.png');
+      await page.screenshot({ path: shot, fullPage: true });
+      expect(errors).toEqual([]);
+      flowing = false;
+      await pump;
+    } finally {
+      flowing = false;
+      await browser.close();
+      await broker.stop();
+      rmSync(profile, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
