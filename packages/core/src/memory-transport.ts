@@ -3,7 +3,7 @@ import { epochNow } from './clock.js';
 import { ClosedError, NotConnectedError, QueueFullError, ValidationError } from './errors.js';
 import type { AgentEvent, EventMetadata } from './event.js';
 import { noopLogger } from './logger.js';
-import { type CompiledPattern, compilePattern } from './pattern.js';
+import { compilePattern, PatternIndex, validatePattern } from './pattern.js';
 import type {
   ConsumerSpec,
   DeadLetter,
@@ -46,8 +46,9 @@ interface HistoryEntry {
 }
 
 class MemoryConsumer implements TransportConsumer, GroupMember {
-  patterns: CompiledPattern[] = [];
-  matchesAll = false;
+  private patterns: readonly string[] = [];
+  /** Built lazily from `patterns`, so thousands of subscribe calls cost one rebuild. */
+  private index: PatternIndex<true> | null = null;
   paused = false;
   closed = false;
   inFlight = 0;
@@ -68,16 +69,28 @@ class MemoryConsumer implements TransportConsumer, GroupMember {
     return this.spec.id;
   }
 
+  /**
+   * A broadcast consumer takes every event: its pattern union changes with every
+   * subscribe, and filtering here would open a window (between `subscribe` and
+   * the bus's `setPatterns`) in which a matching event is missed; the bus
+   * filters anyway. A group's patterns are part of its key, so they are fixed
+   * and used to choose among members.
+   */
   matches(type: string): boolean {
-    if (this.matchesAll) return true;
-    const ps = this.patterns;
-    for (let i = 0; i < ps.length; i++) if (ps[i]!.matches(type)) return true;
-    return false;
+    if (this.spec.group === null) return true;
+    let idx = this.index;
+    if (idx === null) {
+      idx = new PatternIndex<true>();
+      for (const p of this.patterns) idx.add(p, true);
+      this.index = idx;
+    }
+    return idx.match(type).length > 0;
   }
 
   setPatterns(patterns: readonly string[]): void {
-    this.patterns = patterns.map(compilePattern);
-    this.matchesAll = this.patterns.some((p) => p.matchesAll);
+    for (const p of patterns) validatePattern(p);
+    this.patterns = patterns;
+    this.index = null;
   }
 
   pause(): void {

@@ -207,6 +207,23 @@ describe('subscriptions', () => {
     expect(bulkDuringNormal).toBeGreaterThan(0);
   });
 
+  it('keeps matching right with 2,000 subscriptions across two buses', async () => {
+    const broker = new MemoryBroker();
+    const a = await makeBus({ transport: new MemoryTransport({ broker }) });
+    const b = await makeBus({ transport: new MemoryTransport({ broker }) });
+    const hits = new Map<string, number>();
+    for (let i = 0; i < 2000; i++) {
+      const bus = i % 2 === 0 ? a : b;
+      bus.subscribe(`svc${i}.*`, (e) => void hits.set(e.type, (hits.get(e.type) ?? 0) + 1));
+    }
+    let wild = 0;
+    b.subscribe('**', () => void wild++);
+    // no await of `ready`: on the memory transport a subscription is live as soon as subscribe returns
+    for (let i = 0; i < 2000; i += 97) await a.publish(ev(`svc${i}.ping`));
+    await waitFor(() => hits.size === 21 && wild === 21);
+    for (const [, n] of hits) expect(n).toBe(1);
+  });
+
   it('runs up to maxConcurrency handlers at once', async () => {
     const bus = await makeBus();
     let running = 0;
