@@ -1,0 +1,220 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { renderChart } from './chart.js';
+import { phaseTable, progressLine, table, verdictText } from './report.js';
+import { type PhaseResult, runLoad } from './run.js';
+import {
+  bestStep,
+  type Check,
+  headline,
+  planFor,
+  type ScenarioName,
+  type ScenarioParams,
+  scenarioDefaults,
+  verdict,
+} from './scenarios.js';
+
+export interface ScenarioOptions {
+  scenario: ScenarioName;
+  target: string;
+  /** Overrides of the scenario's defaults. */
+  params?: Partial<ScenarioParams>;
+  producers?: number;
+  payloadBytes?: number;
+  maxInFlight?: number;
+  maxBatch?: number;
+  drainMs?: number;
+  redisUrl?: string;
+  /** Default `qe-loadgen:<run id>`; every key under it is deleted after the run. */
+  keyPrefix?: string;
+  brokerUrl?: string;
+  mix?: boolean;
+  /** Also run the same load against this yardstick target and print ratios. */
+  compare?: string;
+  outDir?: string;
+  /** Progress and report lines (default: stderr for progress, stdout for the report). */
+  print?: (line: string) => void;
+  progress?: (line: string) => void;
+}
+
+export interface TargetRun {
+  target: string;
+  keyPrefix: string;
+  phases: PhaseResult[];
+  checks: Check[];
+  pass: boolean;
+  svgPath: string;
+}
+
+export interface ScenarioResult {
+  scenario: ScenarioName;
+  params: ScenarioParams;
+  runs: TargetRun[];
+  comparison: { metric: string; target: number; yardstick: number; ratio: number }[] | null;
+  jsonPath: string;
+  pass: boolean;
+}
+
+function summary(p: PhaseResult) {
+  const s = p.histogram.snapshot();
+  return {
+    phase: p.ph,
+    offeredRate: p.spec.rate,
+    durationMs: p.spec.durationMs,
+    counts: p.counts,
+    sendRate: p.sendRate,
+    deliveredRate: p.deliveredRate,
+    wallMs: p.wallMs,
+    maxSendLagMs: p.maxLagMs,
+    latencyMs: {
+      count: s.count,
+      mean: s.mean,
+      min: s.min,
+      p50: s.p50,
+      p90: s.p90,
+      p95: s.p95,
+      p99: s.p99,
+      p999: s.p999,
+      max: s.max,
+    },
+    rssBytes: p.rss,
+    series: p.series,
+    errors: p.errors,
+  };
+}
+
+/**
+ * Runs one scenario against a target (and, with `compare`, the same load
+ * against a yardstick right after it), prints the table and verdict, and
+ * writes a JSON result file and an SVG chart per target under `outDir`.
+ */
+export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
+  const params: ScenarioParams = { ...scenarioDefaults(o.scenario), ...o.params };
+  const print = o.print ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const progress =
+    o.progress ?? ((l: string) => process.stderr.write(process.stderr.isTTY ? `\r${l}\x1b[K` : `${l}\n`));
+  const outDir = resolve(o.outDir ?? 'loadgen-results');
+  mkdirSync(outDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const base = `${o.scenario}-${o.target}${o.compare ? `-vs-${o.compare}` : ''}-${stamp}`;
+  const runs: TargetRun[] = [];
+  for (const target of o.compare ? [o.target, o.compare] : [o.target]) {
+    const runId = randomBytes(4).toString('hex');
+    const keyPrefix = `${o.keyPrefix ?? 'qe-loadgen'}:${runId}`;
+    print(
+      `\n== ${o.scenario} against ${target} (${params.rate === 0 ? 'max-throughput, bounded in-flight' : `open loop from ${params.rate.toLocaleString('en-US')} events/s`}, ${params.durationMs / 1000} s${o.scenario === 'stress' ? ' per step' : ''})`,
+    );
+    const phases = await runLoad({
+      target,
+      ctx: {
+        runId,
+        keyPrefix,
+        redisUrl: o.redisUrl ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+        mix: o.mix ?? false,
+        ...(o.brokerUrl === undefined ? {} : { brokerUrl: o.brokerUrl }),
+      },
+      producers: o.producers ?? 1,
+      payloadBytes: o.payloadBytes ?? 200,
+      maxInFlight: o.maxInFlight ?? 2000,
+      maxBatch: o.maxBatch ?? 500,
+      drainMs: o.drainMs ?? 10_000,
+      nextPhase: planFor(o.scenario, params),
+      onProgress: (p) =>
+        progress(progressLine({ ...p, rate: p.spec.rate, durationMs: p.spec.durationMs, target })),
+    });
+    if (process.stderr.isTTY && !o.progress) process.stderr.write('\n');
+    const checks = verdict(o.scenario, phases, params);
+    const svgPath = join(outDir, `${base}-${target}.svg`);
+    const h = headline(o.scenario, phases, params);
+    const hs = h?.histogram.snapshot();
+    writeFileSync(
+      svgPath,
+      renderChart(
+        `qe-loadgen ${o.scenario} · ${target}`,
+        hs
+          ? `${h!.spec.rate === 0 ? 'max throughput' : `${h!.spec.rate.toLocaleString('en-US')} events/s offered`} · ${Math.round(h!.deliveredRate).toLocaleString('en-US')} delivered/s · p50 ${hs.p50.toFixed(2)} ms · p99 ${hs.p99.toFixed(2)} ms · p99.9 ${hs.p999.toFixed(2)} ms · max ${hs.max.toFixed(1)} ms · ${phases.length} phase(s)`
+          : 'no data',
+        phases,
+      ),
+    );
+    print(phaseTable(phases));
+    print(verdictText(checks));
+    runs.push({ target, keyPrefix, phases, checks, pass: checks.every((c) => c.pass), svgPath });
+  }
+
+  let comparison: ScenarioResult['comparison'] = null;
+  if (runs.length === 2) {
+    const [a, b] = runs as [TargetRun, TargetRun];
+    const ha = headline(o.scenario, a.phases, params);
+    const hb = headline(o.scenario, b.phases, params);
+    if (ha && hb) {
+      const sa = ha.histogram.snapshot();
+      const sb = hb.histogram.snapshot();
+      const rss = (r: TargetRun) =>
+        Math.max(...r.phases.map((p) => Math.max(p.rss.producerMax, p.rss.consumerMax)));
+      const best = (r: TargetRun) => bestStep(r.phases, params)?.spec.rate ?? 0;
+      comparison = [
+        ...(o.scenario === 'stress'
+          ? [
+              {
+                metric: `best rate with p99 <= ${params.p99BudgetMs} ms (events/s)`,
+                target: best(a),
+                yardstick: best(b),
+              },
+            ]
+          : []),
+        { metric: 'delivered events/s', target: ha.deliveredRate, yardstick: hb.deliveredRate },
+        { metric: 'p50 ms', target: sa.p50, yardstick: sb.p50 },
+        { metric: 'p99 ms', target: sa.p99, yardstick: sb.p99 },
+        { metric: 'p99.9 ms', target: sa.p999, yardstick: sb.p999 },
+        { metric: 'max ms', target: sa.max, yardstick: sb.max },
+        { metric: 'max RSS MB', target: rss(a) / 1048576, yardstick: rss(b) / 1048576 },
+      ].map((c) => ({ ...c, ratio: c.yardstick === 0 ? 0 : c.target / c.yardstick }));
+      print(`\n== ${a.target} vs ${b.target} (same run)`);
+      print(
+        table(
+          ['metric', a.target, b.target, 'ratio'],
+          comparison.map((c) => [
+            c.metric,
+            c.target.toFixed(c.target >= 100 ? 0 : 2),
+            c.yardstick.toFixed(c.yardstick >= 100 ? 0 : 2),
+            `${c.ratio.toFixed(2)}x`,
+          ]),
+        ),
+      );
+    }
+  }
+
+  const jsonPath = join(outDir, `${base}.json`);
+  const pass = runs[0]!.pass;
+  writeFileSync(
+    jsonPath,
+    `${JSON.stringify(
+      {
+        tool: 'qe-loadgen',
+        scenario: o.scenario,
+        params,
+        producers: o.producers ?? 1,
+        payloadBytes: o.payloadBytes ?? 200,
+        startedAt: stamp,
+        node: process.version,
+        runs: runs.map((r) => ({
+          target: r.target,
+          keyPrefix: r.keyPrefix,
+          pass: r.pass,
+          checks: r.checks,
+          svg: r.svgPath,
+          phases: r.phases.map(summary),
+        })),
+        comparison,
+        pass,
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  print(`\nresults: ${jsonPath}`);
+  for (const r of runs) print(`chart:   ${r.svgPath}`);
+  return { scenario: o.scenario, params, runs, comparison, jsonPath, pass };
+}

@@ -1,0 +1,19 @@
+import { memoryTarget } from './memory.js';
+import { rawRedisTarget } from './raw-redis.js';
+import type { Target } from './target.js';
+
+const TARGETS: Record<string, Target> = {
+  memory: memoryTarget,
+  'raw-redis': rawRedisTarget,
+};
+
+/** The names `--target` accepts. */
+export function targetNames(): string[] {
+  return Object.keys(TARGETS);
+}
+
+export function targetByName(name: string): Target {
+  const t = TARGETS[name];
+  if (!t) throw new Error(`unknown target ${JSON.stringify(name)} (accepted: ${targetNames().join(', ')})`);
+  return t;
+}
