@@ -32,7 +32,7 @@ Options:
   --max-rate N         stress: stop before this rate (default 1,000,000)
   --drain D            wait this long without progress for stragglers (default 10s)
   --mix                spread events over the catalogue's families and the five priorities
-  --compare [T]        run the same load against yardstick T too (default raw-redis) and print ratios
+  --compare [T,U]      run the same load against yardsticks T, U too (default raw-redis) and print ratios
   --redis-url URL      default $REDIS_URL or redis://127.0.0.1:6379
   --key-prefix P       Redis key prefix (a run id is appended; keys are deleted afterwards)
   --broker-url URL     broker base URL for the ws and http targets
@@ -118,7 +118,7 @@ export function parseArgs(argv: readonly string[]): ScenarioOptions {
         break;
       case '--compare': {
         const next = argv[i + 1];
-        o.compare = next !== undefined && !next.startsWith('-') ? argv[++i]! : 'raw-redis';
+        o.compare = (next !== undefined && !next.startsWith('-') ? argv[++i]! : 'raw-redis').split(',');
         break;
       }
       case '--redis-url':
@@ -138,8 +138,8 @@ export function parseArgs(argv: readonly string[]): ScenarioOptions {
     }
   }
   if (o.target === '') throw new UsageError(`--target is required (accepted: ${targetNames().join(', ')})`);
-  for (const t of [o.target, o.compare])
-    if (t !== undefined && !targetNames().includes(t))
+  for (const t of [o.target, ...(o.compare ?? [])])
+    if (!targetNames().includes(t))
       throw new UsageError(`unknown target ${JSON.stringify(t)} (accepted: ${targetNames().join(', ')})`);
   if (o.scenario === 'stress' && params.rate === 0)
     throw new UsageError('--rate 0: stress needs a first step rate > 0');

@@ -30,8 +30,8 @@ export interface ScenarioOptions {
   keyPrefix?: string;
   brokerUrl?: string;
   mix?: boolean;
-  /** Also run the same load against this yardstick target and print ratios. */
-  compare?: string;
+  /** Also run the same load against these yardstick targets, one after the other, and print ratios. */
+  compare?: readonly string[];
   outDir?: string;
   /** Progress and report lines (default: stderr for progress, stdout for the report). */
   print?: (line: string) => void;
@@ -51,7 +51,10 @@ export interface ScenarioResult {
   scenario: ScenarioName;
   params: ScenarioParams;
   runs: TargetRun[];
-  comparison: { metric: string; target: number; yardstick: number; ratio: number }[] | null;
+  /** One row per metric: the target's value, then each yardstick's value and the ratio target/yardstick. */
+  comparison:
+    | { metric: string; target: number; yardsticks: { target: string; value: number; ratio: number }[] }[]
+    | null;
   jsonPath: string;
   pass: boolean;
 }
@@ -97,9 +100,10 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
   const outDir = resolve(o.outDir ?? 'loadgen-results');
   mkdirSync(outDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const base = `${o.scenario}-${o.target}${o.compare ? `-vs-${o.compare}` : ''}-${stamp}`;
+  const compare = o.compare ?? [];
+  const base = `${o.scenario}-${o.target}${compare.length > 0 ? `-vs-${compare.join('-')}` : ''}-${stamp}`;
   const runs: TargetRun[] = [];
-  for (const target of o.compare ? [o.target, o.compare] : [o.target]) {
+  for (const target of [o.target, ...compare]) {
     const runId = randomBytes(4).toString('hex');
     const keyPrefix = `${o.keyPrefix ?? 'qe-loadgen'}:${runId}`;
     print(
@@ -144,46 +148,52 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
   }
 
   let comparison: ScenarioResult['comparison'] = null;
-  if (runs.length === 2) {
-    const [a, b] = runs as [TargetRun, TargetRun];
-    const ha = headline(o.scenario, a.phases, params);
-    const hb = headline(o.scenario, b.phases, params);
-    if (ha && hb) {
-      const sa = ha.histogram.snapshot();
-      const sb = hb.histogram.snapshot();
-      const rss = (r: TargetRun) =>
-        Math.max(...r.phases.map((p) => Math.max(p.rss.producerMax, p.rss.consumerMax)));
-      const best = (r: TargetRun) => bestStep(r.phases, params)?.spec.rate ?? 0;
-      comparison = [
-        ...(o.scenario === 'stress'
-          ? [
-              {
-                metric: `best rate with p99 <= ${params.p99BudgetMs} ms (events/s)`,
-                target: best(a),
-                yardstick: best(b),
-              },
-            ]
-          : []),
-        { metric: 'delivered events/s', target: ha.deliveredRate, yardstick: hb.deliveredRate },
-        { metric: 'p50 ms', target: sa.p50, yardstick: sb.p50 },
-        { metric: 'p99 ms', target: sa.p99, yardstick: sb.p99 },
-        { metric: 'p99.9 ms', target: sa.p999, yardstick: sb.p999 },
-        { metric: 'max ms', target: sa.max, yardstick: sb.max },
-        { metric: 'max RSS MB', target: rss(a) / 1048576, yardstick: rss(b) / 1048576 },
-      ].map((c) => ({ ...c, ratio: c.yardstick === 0 ? 0 : c.target / c.yardstick }));
-      print(`\n== ${a.target} vs ${b.target} (same run)`);
-      print(
-        table(
-          ['metric', a.target, b.target, 'ratio'],
-          comparison.map((c) => [
-            c.metric,
-            c.target.toFixed(c.target >= 100 ? 0 : 2),
-            c.yardstick.toFixed(c.yardstick >= 100 ? 0 : 2),
-            `${c.ratio.toFixed(2)}x`,
-          ]),
-        ),
-      );
-    }
+  if (runs.length > 1) {
+    const rss = (r: TargetRun) =>
+      Math.max(...r.phases.map((p) => Math.max(p.rss.producerMax, p.rss.consumerMax)));
+    const best = (r: TargetRun) => bestStep(r.phases, params)?.spec.rate ?? 0;
+    const metrics: [string, (r: TargetRun) => number][] = [
+      ...(o.scenario === 'stress'
+        ? [
+            [`best rate with p99 <= ${params.p99BudgetMs} ms (events/s)`, best] as [
+              string,
+              (r: TargetRun) => number,
+            ],
+          ]
+        : []),
+      ['delivered events/s', (r) => headline(o.scenario, r.phases, params)?.deliveredRate ?? 0],
+      ['p50 ms', (r) => headline(o.scenario, r.phases, params)?.histogram.quantileMs(0.5) ?? 0],
+      ['p99 ms', (r) => headline(o.scenario, r.phases, params)?.histogram.quantileMs(0.99) ?? 0],
+      ['p99.9 ms', (r) => headline(o.scenario, r.phases, params)?.histogram.quantileMs(0.999) ?? 0],
+      ['max ms', (r) => (headline(o.scenario, r.phases, params)?.histogram.maxUs ?? 0) / 1000],
+      ['max RSS MB', (r) => rss(r) / 1048576],
+    ];
+    const [main, ...others] = runs as [TargetRun, ...TargetRun[]];
+    comparison = metrics.map(([metric, get]) => {
+      const v = get(main);
+      return {
+        metric,
+        target: v,
+        yardsticks: others.map((y) => {
+          const w = get(y);
+          return { target: y.target, value: w, ratio: w === 0 ? 0 : v / w };
+        }),
+      };
+    });
+    const num = (n: number) => n.toFixed(n >= 100 ? 0 : 2);
+    print(
+      `\n== ${main.target} vs ${others.map((y) => y.target).join(', ')} (same run; ratio = ${main.target} / yardstick)`,
+    );
+    print(
+      table(
+        ['metric', main.target, ...others.flatMap((y) => [y.target, 'ratio'])],
+        comparison.map((c) => [
+          c.metric,
+          num(c.target),
+          ...c.yardsticks.flatMap((y) => [num(y.value), `${y.ratio.toFixed(2)}x`]),
+        ]),
+      ),
+    );
   }
 
   const jsonPath = join(outDir, `${base}.json`);

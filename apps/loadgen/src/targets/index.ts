@@ -1,3 +1,4 @@
+import { bullmqTarget } from './bullmq.js';
 import { memoryTarget } from './memory.js';
 import { rawRedisTarget } from './raw-redis.js';
 import type { Target } from './target.js';
@@ -5,6 +6,7 @@ import type { Target } from './target.js';
 const TARGETS: Record<string, Target> = {
   memory: memoryTarget,
   'raw-redis': rawRedisTarget,
+  bullmq: bullmqTarget,
 };
 
 /** The names `--target` accepts. */
