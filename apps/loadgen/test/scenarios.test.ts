@@ -87,8 +87,11 @@ describe('scenarios against the in-process bus (short runs; counts, never speed)
     });
     const phases = r.runs[0]!.phases;
     expect(phases.length).toBeGreaterThanOrEqual(1);
-    expect(phases.length).toBeLessThanOrEqual(3);
-    expect(phases.map((p) => p.spec.rate)).toEqual([1000, 2000, 4000].slice(0, phases.length));
+    // each rate at most twice (a failed step is confirmed once), in ascending order
+    const rates = phases.map((p) => p.spec.rate);
+    expect(rates).toEqual([...rates].sort((a, b) => a - b));
+    for (const r of rates) expect([1000, 2000, 4000]).toContain(r);
+    for (const r of new Set(rates)) expect(rates.filter((x) => x === r).length).toBeLessThanOrEqual(2);
     for (const p of phases) {
       expect(p.counts.lost).toBe(0);
       expect(p.counts.duplicates).toBe(0);
