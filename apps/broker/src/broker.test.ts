@@ -112,4 +112,24 @@ describe('createBroker', () => {
       await broker.stop();
     }
   });
+
+  it('with MONITORING_ENABLED=false subscribes nothing but still serves metrics and health', async () => {
+    const broker = createBroker(config({ MONITORING_ENABLED: 'false' }));
+    await broker.start();
+    try {
+      await broker.bus.publish({ type: 'task.create', agentId: 'a', data: 1 });
+      await new Promise((r) => setTimeout(r, 150));
+      const snap = broker.monitor.snapshot();
+      expect(snap.monitoring).toBe(false);
+      expect(snap.totals.handled).toBe(0);
+      expect(snap.totals.published).toBe(1);
+      expect(snap.lag.subscribers).toEqual([]);
+      expect((await fetch(`${broker.url}/health`)).status).toBe(200);
+      expect(await (await fetch(`${broker.url}/metrics`)).text()).toMatch(
+        /qe_eventbus_events_published_total\{[^}]*\} 1/,
+      );
+    } finally {
+      await broker.stop();
+    }
+  });
 });

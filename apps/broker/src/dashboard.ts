@@ -61,6 +61,7 @@ export function renderDashboardHtml(serviceName: string): string {
   <span class="pill" id="status">…</span>
 </header>
 <main>
+  <div class="card w12" id="banner" style="display:none;border-color:#d97706">Monitoring is off (<code>MONITORING_ENABLED=false</code>): the broker does not subscribe to events, so handled rates, latencies and per-family counts stay at zero. Published counts, lag, dead letters and health still update.</div>
   <section class="tiles">
     <div class="tile"><div class="label">Events handled / s</div><div class="value" id="t-rate">–</div><div class="sub" id="t-rate-sub"></div></div>
     <div class="tile"><div class="label">Published / s</div><div class="value" id="t-pub">–</div><div class="sub" id="t-pub-sub"></div></div>
@@ -148,6 +149,7 @@ export function renderDashboardHtml(serviceName: string): string {
     var status = d.health ? d.health.status : 'unknown';
     $('status').textContent = status; $('status').className = 'pill ' + status;
     $('status').title = d.health && d.health.reasons.length ? d.health.reasons.join('; ') : '';
+    $('banner').style.display = d.monitoring ? 'none' : 'block';
     $('meta').textContent = 'node ' + d.nodeId + ' · transport ' + d.transport + ' · up ' + Math.round((d.now - d.startedAt) / 1000) + ' s';
     $('updated').textContent = 'updated ' + new Date(d.now).toLocaleTimeString();
     $('t-rate').textContent = rate(last.handledPerSec); $('t-rate-sub').textContent = num(d.totals.handled) + ' handled in total';
