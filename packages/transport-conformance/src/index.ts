@@ -1,1 +1,6 @@
-export {};
+export {
+  type ConformanceNamespace,
+  type ConformanceOptions,
+  describeTransportConformance,
+} from './describeTransportConformance.js';
+export { waitFor } from './waitFor.js';

@@ -1,0 +1,11 @@
+import { MemoryBroker, MemoryTransport } from '@qe/core';
+import { describeTransportConformance } from '../src/index.js';
+
+describeTransportConformance({
+  name: 'memory',
+  capabilities: new MemoryTransport().capabilities,
+  async setup() {
+    const broker = new MemoryBroker();
+    return { createTransport: () => new MemoryTransport({ broker }) };
+  },
+});
