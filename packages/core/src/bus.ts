@@ -56,7 +56,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
-import { REDRIVE_TARGET_KEY } from './transport.js';
+import { bindingIdentity, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY } from './transport.js';
 import { normalizeBatch, normalizeEvent } from './validate.js';
 
 /** Spec 000's metrics shape, exactly. Latencies in ms, publish to handler start. */
@@ -311,6 +311,8 @@ class Task implements ConsumeContext {
 
 interface Binding {
   key: string;
+  /** `bindingIdentity`: how dead letters and redrives name this binding. */
+  identity: string;
   group: string | null;
   subs: Subscription[];
   consumer: TransportConsumer | null;
@@ -745,6 +747,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   private createBinding(key: string, group: string | null, startFrom: StartFrom | undefined): Binding {
     const b: Binding = {
       key,
+      identity: bindingIdentity(key, group, this.nodeId),
       group,
       subs: [],
       consumer: null,
@@ -862,6 +865,11 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   private onDelivery(b: Binding, d: Delivery): void {
     this.delivered++;
     const ev = d.event;
+    const md = ev.metadata;
+    if (md !== undefined && md[REDRIVE_BINDING_KEY] !== undefined && md[REDRIVE_BINDING_KEY] !== b.identity) {
+      d.ack(); // a redrive meant for another binding
+      return;
+    }
     if (this.queued >= this.maxQueue && ev.priority >= this.shedFrom) {
       this.shed++;
       this.shedByPriority[ev.priority]!++;
@@ -882,7 +890,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     let first: Subscription | undefined;
     let more: Subscription[] | undefined;
     // a redriven dead letter goes back to the subscription that failed it, if it is here
-    let redriveTo = ev.metadata?.[REDRIVE_TARGET_KEY] as string | undefined;
+    let redriveTo = md?.[REDRIVE_TARGET_KEY] as string | undefined;
     if (redriveTo !== undefined && !targets.some((s) => s.id === redriveTo)) redriveTo = undefined;
     for (let i = 0; i < targets.length; i++) {
       const s = targets[i]!;
@@ -1148,6 +1156,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       pattern: s.patterns.join(','),
       group: s.group,
       nodeId: this.nodeId,
+      binding: bindingIdentity(s.bindingKey, s.group, this.nodeId),
     };
     const event = t.delivery.event;
     if (this.listenerCount('deadLetter') > 0) this.emit('deadLetter', { event, ...info });

@@ -22,7 +22,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
-import { REDRIVE_TARGET_KEY } from './transport.js';
+import { bindingIdentity, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY } from './transport.js';
 
 export interface MemoryBrokerOptions {
   /**
@@ -62,8 +62,12 @@ class MemoryConsumer implements TransportConsumer, GroupMember {
     readonly sink: DeliverySink,
   ) {
     this.memberId = `${transport.nodeId}/${spec.id}`;
+    this.identity = bindingIdentity(spec.id, spec.group, transport.nodeId);
     this.setPatterns(spec.patterns);
   }
+
+  /** `bindingIdentity` of this consumer's binding. */
+  readonly identity: string;
 
   get id(): string {
     return this.spec.id;
@@ -152,7 +156,7 @@ class MemoryDelivery implements Delivery {
     this.settled = true;
     this.consumer.inFlight--;
     const broker = this.consumer.broker;
-    await broker.deadLetterStore.add(this.event, { ...info, binding: this.consumer.memberId });
+    await broker.deadLetterStore.add(this.event, info);
   }
 }
 
@@ -373,13 +377,13 @@ export class MemoryBroker {
     if (binding !== undefined) {
       const seq = ++this.seq;
       for (const c of this.broadcast) {
-        if (c.memberId === binding) {
+        if (c.identity === binding) {
           this.handOver(c, new MemoryDelivery(event, 1, now, seq, c));
           return;
         }
       }
       for (const [key, g] of this.groups) {
-        if (!g.members.some((m) => m.memberId === binding)) continue;
+        if (!g.members.some((m) => m.identity === binding)) continue;
         const target = this.pickMember(key, g.members, event);
         if (target) this.handOver(target, new MemoryDelivery(event, 1, now, seq, target));
         else g.backlog.push(new MemoryDelivery(event, 1, now, seq, g.members[0]!));
@@ -487,6 +491,7 @@ export class MemoryDeadLetterStore implements DeadLetterStore {
       const md = dl.event.metadata;
       const metadata: EventMetadata = { ...md, retryCount: (md?.retryCount ?? 0) + 1 };
       if (dl.subscriptionId !== undefined) metadata[REDRIVE_TARGET_KEY] = dl.subscriptionId;
+      if (dl.binding !== undefined) metadata[REDRIVE_BINDING_KEY] = dl.binding;
       const event: AgentEvent = { ...dl.event, metadata };
       this.broker.redrive(event, dl.binding);
       this.items.delete(dl.id);

@@ -94,6 +94,24 @@ export interface DeliverySink {
  */
 export const REDRIVE_TARGET_KEY = 'redriveTarget';
 
+/**
+ * Metadata key a dead-letter store sets on a redriven event: the identity of
+ * the binding that dead-lettered it (`bindingIdentity`). Every other binding
+ * that receives the event (other nodes' broadcast consumers, other groups)
+ * acknowledges it without handling it, so a redrive never duplicates work
+ * that already succeeded elsewhere.
+ */
+export const REDRIVE_BINDING_KEY = 'redriveBinding';
+
+/**
+ * The identity of a consumer binding across the system: a group's key
+ * (`ConsumerSpec.id`, shared by all members), or `<spec.id>@<nodeId>` for a
+ * node's own broadcast binding.
+ */
+export function bindingIdentity(specId: string, group: string | null, nodeId: string): string {
+  return group === null ? `${specId}@${nodeId}` : specId;
+}
+
 /** Why an event was dead-lettered. */
 export interface DeadLetterInfo {
   readonly reason: 'max_attempts' | 'permanent' | 'rejected' | 'expired' | 'decode_error' | 'shed';
@@ -104,7 +122,7 @@ export interface DeadLetterInfo {
   readonly pattern?: string;
   readonly group?: string | null;
   readonly nodeId?: string;
-  /** The consumer binding (`ConsumerSpec.id`) the event was dead-lettered from; redrive targets it. */
+  /** `bindingIdentity` of the binding the event was dead-lettered from (filled by the bus); redrive targets it. */
   readonly binding?: string;
 }
 

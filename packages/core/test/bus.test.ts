@@ -298,6 +298,30 @@ describe('retries, timeouts and dead letters', () => {
     expect(await bus.deadLetters!.count()).toBe(0);
   });
 
+  it('a redrive reaches only the binding that dead-lettered, on any node', async () => {
+    const broker = new MemoryBroker();
+    const a = await makeBus({ transport: new MemoryTransport({ broker }), retryAttempts: 0 });
+    const b = await makeBus({ transport: new MemoryTransport({ broker }), retryAttempts: 0 });
+    const seen: string[] = [];
+    let fail = true;
+    a.subscribe('r.*', () => void seen.push('a-broadcast'));
+    a.subscribe('r.*', () => void seen.push('a-group'), { group: 'g' });
+    b.subscribe('r.*', () => {
+      seen.push('b-broadcast');
+      if (fail) throw new Error('b fails');
+    });
+    await a.publish(ev('r.x'));
+    await waitFor(() => seen.length === 3);
+    const [dl] = await b.deadLetters!.list();
+    expect(dl!.binding).toBe(`broadcast@${b.nodeId}`);
+    fail = false;
+    seen.length = 0;
+    expect(await a.deadLetters!.redrive()).toBe(1);
+    await waitFor(() => seen.length === 1);
+    await sleep(30);
+    expect(seen).toEqual(['b-broadcast']);
+  });
+
   it('times out slow handlers with TIMEOUT and retries them', async () => {
     const bus = await makeBus({ retryAttempts: 1 });
     const attempts: number[] = [];
