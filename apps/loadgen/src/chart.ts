@@ -66,7 +66,8 @@ function panel(
   }
   const n = Math.max(1, opts.seconds);
   const xOf = (i: number) => x + L + (pw * (i + 0.5)) / n;
-  const step = Math.max(1, Math.ceil(n / 10));
+  const step =
+    [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600].find((k) => n / k <= 12) ?? Math.ceil(n / 10);
   for (let i = 0; i < n; i += step)
     out.push(`<text x="${xOf(i).toFixed(1)}" y="${top + ph + 16}" text-anchor="middle">${i}s</text>`);
   for (const s of series) {
@@ -104,8 +105,8 @@ export function renderChart(title: string, subtitle: string, phases: readonly Ph
       270,
       'Throughput (events/s)',
       [
-        { name: 'sent', color: '#16a34a', values: sent, dash: true },
         { name: 'delivered', color: '#2563eb', values: recv },
+        { name: 'sent', color: '#16a34a', values: sent, dash: true },
       ],
       { unit: '', seconds: rows.length },
     ),

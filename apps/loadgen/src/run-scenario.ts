@@ -95,8 +95,14 @@ function summary(p: PhaseResult) {
 export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
   const params: ScenarioParams = { ...scenarioDefaults(o.scenario), ...o.params };
   const print = o.print ?? ((l: string) => process.stdout.write(`${l}\n`));
+  // on a terminal the line redraws in place; in a log, one line every 5 s is enough
+  let calls = 0;
   const progress =
-    o.progress ?? ((l: string) => process.stderr.write(process.stderr.isTTY ? `\r${l}\x1b[K` : `${l}\n`));
+    o.progress ??
+    ((l: string) => {
+      if (process.stderr.isTTY) process.stderr.write(`\r${l}\x1b[K`);
+      else if (calls++ % 10 === 0) process.stderr.write(`${l}\n`);
+    });
   const outDir = resolve(o.outDir ?? 'loadgen-results');
   mkdirSync(outDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
