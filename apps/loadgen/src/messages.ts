@@ -49,6 +49,7 @@ export type FromRole =
       startedAt: number;
       endedAt: number;
       maxLagMs: number;
+      lateness: WireHistogram;
       perSecond: number[];
       errors: string[];
       rssMax: number;

@@ -4,7 +4,11 @@ import type { Check } from './scenarios.js';
 const f0 = (n: number) => Math.round(n).toLocaleString('en-US');
 const f2 = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
 
-/** A plain-text table of the phases, one row each. */
+/**
+ * A plain-text table of the phases, one row each. `late p99` is the sender's
+ * own lateness behind the schedule (timer granularity), already inside the
+ * latency columns.
+ */
 export function phaseTable(phases: readonly PhaseResult[]): string {
   const head = [
     'phase',
@@ -21,6 +25,7 @@ export function phaseTable(phases: readonly PhaseResult[]): string {
     'p99.9',
     'max',
     'RSS MB',
+    'late p99',
   ];
   const rows = phases.map((p) => {
     const s = p.histogram.snapshot();
@@ -39,6 +44,7 @@ export function phaseTable(phases: readonly PhaseResult[]): string {
       f2(s.p999),
       f2(s.max),
       f0(Math.max(p.rss.producerMax, p.rss.consumerMax) / 1048576),
+      p.spec.rate === 0 ? '-' : f2(p.lateness.quantileMs(0.99)),
     ];
   });
   return table(head, rows);

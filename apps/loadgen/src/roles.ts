@@ -198,6 +198,7 @@ export function producerRole(post: (m: FromRole) => void): RoleHandler {
         startedAt: r.startedAt,
         endedAt: r.endedAt,
         maxLagMs: r.maxLagMs,
+        lateness: toWire(r.lateness),
         perSecond: r.perSecond,
         errors: r.errors,
         rssMax: rss.max(),

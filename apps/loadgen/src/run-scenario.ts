@@ -70,6 +70,11 @@ function summary(p: PhaseResult) {
     deliveredRate: p.deliveredRate,
     wallMs: p.wallMs,
     maxSendLagMs: p.maxLagMs,
+    senderLatenessMs: {
+      p50: p.lateness.quantileMs(0.5),
+      p99: p.lateness.quantileMs(0.99),
+      max: p.lateness.maxUs / 1000,
+    },
     latencyMs: {
       count: s.count,
       mean: s.mean,

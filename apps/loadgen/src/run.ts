@@ -1,7 +1,7 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { epochNow, type LatencyHistogram } from '@qe/core';
+import { epochNow, LatencyHistogram } from '@qe/core';
 import { fromWire } from './histogram-wire.js';
 import type { LedgerCounts, SentRecord } from './ledger.js';
 import type { FromRole, PhaseSpec, RoleInit, SecondStats, ToRole } from './messages.js';
@@ -49,6 +49,8 @@ export interface PhaseResult {
   deliveredRate: number;
   wallMs: number;
   maxLagMs: number;
+  /** Sender lateness behind the schedule, all producers (open loop; empty in max mode). */
+  lateness: LatencyHistogram;
   rss: { producerMax: number; consumerMax: number };
   errors: string[];
 }
@@ -238,6 +240,10 @@ async function runPhase(
       deliveredRate: recv.counts.unique / Math.max(1e-3, ((recv.lastAt || deliverEnd) - startedAt) / 1000),
       wallMs: deliverEnd - startedAt,
       maxLagMs: Math.max(...sentMsgs.map((m) => m.maxLagMs)),
+      lateness: sentMsgs.reduce((acc, m) => {
+        acc.add(fromWire(m.lateness));
+        return acc;
+      }, new LatencyHistogram()),
       rss: { producerMax: Math.max(...sentMsgs.map((m) => m.rssMax)), consumerMax: recv.rssMax },
       errors: sentMsgs.flatMap((m) => m.errors).slice(0, 20),
     };

@@ -26,6 +26,7 @@ function phase(rate: number, p99: number, lost = 0): PhaseResult {
     deliveredRate: rate,
     wallMs: 1000,
     maxLagMs: 0,
+    lateness: new LatencyHistogram(),
     rss: { producerMax: 100e6, consumerMax: 100e6 },
     errors: [],
   };

@@ -1,4 +1,4 @@
-import { epochNow } from '@qe/core';
+import { epochNow, LatencyHistogram } from '@qe/core';
 
 /** One event to send: its sequence number and the epoch ms it was due. */
 export interface Due {
@@ -32,6 +32,11 @@ export interface DriveResult {
   endedAt: number;
   /** The worst lateness of an actual send behind its schedule, ms (open loop). */
   maxLagMs: number;
+  /**
+   * How late each event was actually handed to the target behind its due time
+   * (timer granularity, a busy sender): part of every latency by design.
+   */
+  lateness: LatencyHistogram;
   /** Sends per wall-clock second since `startedAt`. */
   perSecond: number[];
   errors: string[];
@@ -60,6 +65,7 @@ export async function drive(o: DriveOptions): Promise<DriveResult> {
   let next = 0;
   let inFlight = 0;
   let maxLag = 0;
+  const lateness = new LatencyHistogram();
   let slot: (() => void) | null = null;
   const settle = (n: number) => {
     inFlight -= n;
@@ -91,6 +97,7 @@ export async function drive(o: DriveOptions): Promise<DriveResult> {
     for (let k = 0; k < n; k++) {
       const seq = next + k;
       group[k] = { seq, intendedAt: o.rate > 0 ? start + seq * period : now };
+      if (o.rate > 0) lateness.recordMs(now - group[k]!.intendedAt);
     }
     const sec = Math.floor((now - start) / 1000);
     while (perSecond.length <= sec) perSecond.push(0);
@@ -117,6 +124,7 @@ export async function drive(o: DriveOptions): Promise<DriveResult> {
     startedAt: start,
     endedAt: epochNow(),
     maxLagMs: maxLag,
+    lateness,
     perSecond,
     errors,
   };
