@@ -320,6 +320,8 @@ interface Binding {
   sink: DeliverySink;
   rr: number;
   startFrom: StartFrom | undefined;
+  /** A group's patterns (part of its key, so fixed); null for the broadcast binding. */
+  matcher: PatternIndex<true> | null;
 }
 
 const SAMPLE_INTERVAL_MS = 1000;
@@ -708,7 +710,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
     let b = this.bindings.get(bindingKey);
     if (!b) {
-      b = this.createBinding(bindingKey, group, o.startFrom);
+      b = this.createBinding(bindingKey, group, o.startFrom, unique);
       this.bindings.set(bindingKey, b);
     }
     b.subs.push(sub);
@@ -744,8 +746,19 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     else s.fn = composeConsume(all, s.handler as ConsumeFn);
   }
 
-  private createBinding(key: string, group: string | null, startFrom: StartFrom | undefined): Binding {
+  private createBinding(
+    key: string,
+    group: string | null,
+    startFrom: StartFrom | undefined,
+    patterns: readonly string[],
+  ): Binding {
+    let matcher: PatternIndex<true> | null = null;
+    if (group !== null) {
+      matcher = new PatternIndex<true>();
+      for (const p of patterns) matcher.add(p, true);
+    }
     const b: Binding = {
+      matcher,
       key,
       identity: bindingIdentity(key, group, this.nodeId),
       group,
@@ -883,7 +896,10 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     }
     let targets: readonly Subscription[];
     if (b.group === null) targets = this.broadcastIndex.match(ev.type);
-    else {
+    else if (b.matcher !== null && b.matcher.match(ev.type).length === 0) {
+      d.ack(); // the transport over-delivered: not this group's business
+      return;
+    } else {
       const m = this.pickLocalMember(b);
       targets = m ? [m] : [];
     }
