@@ -1,0 +1,994 @@
+import {
+  type AgentEvent,
+  bindingIdentity,
+  ClosedError,
+  type ConsumerSpec,
+  compilePattern,
+  createSerializer,
+  type DeadLetterInfo,
+  type Delivery,
+  type DeliverySink,
+  EventBusError,
+  epochNow,
+  type HistoryQuery,
+  type Logger,
+  NotConnectedError,
+  noopLogger,
+  type PublishOptions,
+  QueueFullError,
+  type ReplayQuery,
+  type Serializer,
+  type Transport,
+  type TransportCapabilities,
+  type TransportConsumer,
+  type TransportContext,
+  TransportError,
+  type TransportHealth,
+  type TransportStats,
+} from '@qe/core';
+import { Cluster, Redis } from 'ioredis';
+import { groupName, Keys } from './keys.js';
+import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
+import { DEAD_LETTER_2, REDRIVE_2 } from './scripts.js';
+
+export type RedisClient = Redis | Cluster;
+
+/** The custom commands defined from `scripts.ts`. */
+interface ScriptCommands {
+  qeDeadLetter(
+    stream: string,
+    dlq: string,
+    group: string,
+    id: string,
+    frame: Buffer,
+    info: string,
+    maxLen: number,
+  ): Promise<string>;
+  qeRedrive(
+    dlq: string,
+    stream: string,
+    dlId: string,
+    frame: Buffer,
+    t: string,
+    maxLen: number,
+  ): Promise<string | null>;
+}
+
+const CAPABILITIES: TransportCapabilities = Object.freeze({
+  durable: true,
+  groups: true,
+  ordering: true,
+  replay: true,
+  priorities: true,
+  deadLetters: true,
+  crossProcess: true,
+});
+
+type RawEntry = [Buffer, Buffer[] | null];
+type RawRead = [Buffer, RawEntry[]][] | null;
+
+interface PendingPublish {
+  events: readonly AgentEvent[];
+  frames: Buffer[];
+  t: string;
+  resolve: () => void;
+  reject: (err: Error) => void;
+  left: number;
+  error: Error | undefined;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function createClient(o: ResolvedOptions): RedisClient {
+  return o.cluster ? new Cluster(o.cluster.nodes, o.cluster.options) : new Redis(o.redis);
+}
+
+function fieldsOf(fields: Buffer[] | null): { e?: Buffer; t?: number } {
+  if (!fields) return {};
+  const out: { e?: Buffer; t?: number } = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const k = fields[i]!.toString();
+    if (k === 'e') out.e = fields[i + 1]!;
+    else if (k === 't') out.t = Number(fields[i + 1]!.toString());
+  }
+  return out;
+}
+
+/** Compares two stream ids (`ms-seq`). */
+export function compareIds(a: string, b: string): number {
+  const [am, as] = a.split('-');
+  const [bm, bs] = b.split('-');
+  return Number(am) - Number(bm) || Number(as) - Number(bs);
+}
+
+/**
+ * Redis Streams transport: at-least-once delivery with consumer groups.
+ *
+ * - Publish is XADD, coalesced per tick into one pipeline per partition.
+ * - Each bus instance reads every stream with its own consumer group (broadcast);
+ *   a group's members share one consumer group and each entry goes to one member.
+ * - An entry is XACKed only after the bus settles it; dead-lettering is one Lua
+ *   script (XADD to the dead-letter stream + XACK).
+ * - Entries a dead consumer held are claimed by a live member after
+ *   `claimIdleMs`; entries still being handled have their idle time refreshed so
+ *   they are not stolen mid-handler. Delivery counts come from Redis, so the
+ *   attempt number survives crashes; past `maxDeliveries` an entry is
+ *   dead-lettered without calling handlers.
+ * - Five streams per partition, one per priority; every read takes from all
+ *   five, so a CRITICAL entry is read on the next read however long the BULK
+ *   backlog is, and the bus's weighted-fair queue does the rest.
+ * - After a Redis restart or failover, missing groups are re-created and
+ *   reading resumes by itself.
+ */
+export class RedisStreamsTransport implements Transport {
+  readonly name: string = 'redis-streams';
+  readonly capabilities: TransportCapabilities = CAPABILITIES;
+  readonly options: ResolvedOptions;
+  readonly keys: Keys;
+  readonly serializer: Serializer;
+  readonly deadLetters: RedisDeadLetterStore;
+  client: RedisClient | null = null;
+  nodeId = 'redis';
+  logger: Logger = noopLogger;
+  private reportError: (e: Error) => void = () => {};
+  private connected = false;
+  private closed = false;
+  private readonly consumers = new Set<StreamConsumer>();
+  private pending: PendingPublish[] = [];
+  private flushScheduled = false;
+  private inFlightEvents = 0;
+  private publishWaiters: (() => void)[] = [];
+  private lastErrorAt = 0;
+  readonly counters = {
+    published: 0,
+    delivered: 0,
+    acked: 0,
+    redelivered: 0,
+    deadLettered: 0,
+    claimed: 0,
+    trimmedWhilePending: 0,
+    decodeErrors: 0,
+  };
+
+  constructor(options: RedisTransportOptions = {}) {
+    this.options = resolveOptions(options);
+    this.keys = new Keys(this.options.keyPrefix, this.options.partitions);
+    this.serializer = createSerializer(this.options.serialization);
+    this.deadLetters = new RedisDeadLetterStore(this);
+  }
+
+  get scripts(): ScriptCommands {
+    return this.requireClient() as unknown as ScriptCommands;
+  }
+
+  requireClient(): RedisClient {
+    if (!this.client || this.closed) throw new NotConnectedError('redis transport is not connected');
+    return this.client;
+  }
+
+  /** A new connection of the same kind, for a blocking reader. */
+  duplicate(): RedisClient {
+    const c = this.requireClient();
+    return c instanceof Cluster
+      ? c.duplicate()
+      : c.duplicate({ maxRetriesPerRequest: null, lazyConnect: true });
+  }
+
+  async connect(context: TransportContext): Promise<void> {
+    if (this.closed) throw new ClosedError('this redis transport was closed; create a new one');
+    if (this.connected) return;
+    this.nodeId = context.nodeId;
+    this.logger = context.logger;
+    this.reportError = context.onError;
+    const client = createClient(this.options);
+    client.defineCommand('qeDeadLetter', { numberOfKeys: 2, lua: DEAD_LETTER_2 });
+    client.defineCommand('qeRedrive', { numberOfKeys: 2, lua: REDRIVE_2 });
+    client.on('error', (err: Error) => this.throttledError(err));
+    this.client = client;
+    try {
+      await client.connect();
+      await client.ping();
+    } catch (err) {
+      client.disconnect();
+      this.client = null;
+      throw new TransportError(`cannot connect to Redis: ${(err as Error).message}`, { cause: err });
+    }
+    this.connected = true;
+  }
+
+  /** Connection errors come in bursts while Redis is away: report at most one per second. */
+  throttledError(err: Error): void {
+    const now = Date.now();
+    if (now - this.lastErrorAt < 1000) return;
+    this.lastErrorAt = now;
+    this.logger.warn('redis connection error', { error: err.message });
+    this.reportError(new TransportError(`redis: ${err.message}`, { cause: err }));
+  }
+
+  isConnected(): boolean {
+    return this.connected && !this.closed && this.client !== null && this.client.status === 'ready';
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.consumers].map((c) => c.close()));
+    if (this.pending.length > 0) await this.flush();
+    const deadline = Date.now() + 5000;
+    while ((this.inFlightEvents > 0 || this.flushes.size > 0) && Date.now() < deadline) {
+      await Promise.race([Promise.allSettled([...this.flushes]), sleep(5)]);
+      await new Promise((r) => setImmediate(r)); // acks scheduled for this tick
+    }
+    const c = this.client;
+    this.client = null;
+    this.connected = false;
+    if (c) await c.quit().catch(() => c.disconnect());
+  }
+
+  /**
+   * Drops every connection at once, with no acks and no clean-up, as a crashed
+   * process would. For fault tests; the transport is unusable afterwards.
+   */
+  async kill(): Promise<void> {
+    this.closed = true;
+    for (const c of this.consumers) c.kill();
+    this.client?.disconnect();
+    this.client = null;
+    this.connected = false;
+  }
+
+  // ------------------------------------------------------------------ publish
+
+  publish(events: readonly AgentEvent[], options?: PublishOptions): Promise<void> {
+    if (this.closed || !this.client)
+      return Promise.reject(new NotConnectedError('redis transport is not connected'));
+    if (events.length === 0) return Promise.resolve();
+    if (this.inFlightEvents + events.length > this.options.maxPendingPublishes && this.inFlightEvents > 0) {
+      if (options?.onFull === 'fail')
+        return Promise.reject(
+          new QueueFullError(
+            `${this.inFlightEvents} events are waiting for Redis (maxPendingPublishes ${this.options.maxPendingPublishes})`,
+          ),
+        );
+      return new Promise<void>((resolve) => this.publishWaiters.push(resolve)).then(() =>
+        this.publish(events, options),
+      );
+    }
+    let frames: Buffer[];
+    try {
+      frames = events.map((e) => this.serializer.encode(e));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.inFlightEvents += events.length;
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({
+        events,
+        frames,
+        t: String(epochNow()),
+        resolve,
+        reject,
+        left: 0,
+        error: undefined,
+      });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(() => void this.flush());
+      }
+    });
+  }
+
+  private trimArgs(): (string | number)[] {
+    const ttl = this.options.ttlMs;
+    return ttl === undefined
+      ? ['MAXLEN', '~', this.options.maxLen]
+      : ['MINID', '~', Math.max(0, Date.now() - ttl)];
+  }
+
+  /** Writes every waiting publish: one pipeline per partition, one XADD per event. */
+  private async flush(): Promise<void> {
+    this.flushScheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const client = this.client;
+    if (!client) {
+      for (const p of batch)
+        this.finishPublish(p, new NotConnectedError('redis transport closed'), p.events.length);
+      return;
+    }
+    const trim = this.trimArgs();
+    const byPartition = new Map<number, { key: string; frame: Buffer; t: string; p: PendingPublish }[]>();
+    for (const p of batch) {
+      p.left = p.events.length;
+      for (let i = 0; i < p.events.length; i++) {
+        const ev = p.events[i]!;
+        const part = this.keys.partitionFor(ev.agentId);
+        let list = byPartition.get(part);
+        if (!list) byPartition.set(part, (list = []));
+        list.push({ key: this.keys.stream(part, ev.priority), frame: p.frames[i]!, t: p.t, p });
+      }
+    }
+    await Promise.all(
+      [...byPartition.values()].map(async (cmds) => {
+        const pipe = client.pipeline();
+        for (const c of cmds) pipe.xadd(c.key, ...trim, '*', 'e', c.frame, 't', c.t);
+        let results: [Error | null, unknown][] | null;
+        try {
+          results = await pipe.exec();
+        } catch (err) {
+          results = null;
+          for (const c of cmds) this.finishPublish(c.p, err as Error, 1);
+          return;
+        }
+        for (let i = 0; i < cmds.length; i++) {
+          const r = results?.[i];
+          this.finishPublish(cmds[i]!.p, r?.[0] ?? (r ? null : new Error('no reply')), 1);
+        }
+      }),
+    );
+  }
+
+  private finishPublish(p: PendingPublish, err: Error | null, n: number): void {
+    if (err && !p.error) p.error = err;
+    p.left -= n;
+    this.inFlightEvents -= n;
+    if (p.left > 0) return;
+    if (p.error) {
+      const accepted = p.events.length; // counted per command below
+      void accepted;
+      p.reject(
+        p.error instanceof EventBusError
+          ? p.error
+          : new TransportError(`redis rejected a publish: ${p.error.message}`, { cause: p.error }),
+      );
+    } else {
+      this.counters.published += p.events.length;
+      p.resolve();
+    }
+    if (this.publishWaiters.length > 0 && this.inFlightEvents < this.options.maxPendingPublishes)
+      for (const w of this.publishWaiters.splice(0)) w();
+  }
+
+  // ------------------------------------------------------------------ consume
+
+  async consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer> {
+    this.requireClient();
+    const c = new StreamConsumer(this, spec, sink);
+    this.consumers.add(c);
+    try {
+      await c.open();
+    } catch (err) {
+      this.consumers.delete(c);
+      await c.close();
+      throw err instanceof EventBusError
+        ? err
+        : new TransportError(`cannot open consumer ${spec.id}: ${(err as Error).message}`, { cause: err });
+    }
+    return c;
+  }
+
+  private readonly flushes = new Set<Promise<void>>();
+
+  /** Keeps a background write (an ack flush) visible to `close()`, which waits for it. */
+  track(p: Promise<void>): Promise<void> {
+    this.flushes.add(p);
+    void p.finally(() => this.flushes.delete(p));
+    return p;
+  }
+
+  forget(c: StreamConsumer): void {
+    this.consumers.delete(c);
+  }
+
+  /** Decodes a frame, counting failures. */
+  decode(frame: Buffer): AgentEvent | undefined {
+    try {
+      return this.serializer.decode(frame);
+    } catch (err) {
+      this.counters.decodeErrors++;
+      this.logger.warn('undecodable stream entry', { error: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  // ------------------------------------------------------------------ history
+
+  async getRecentEvents(query: HistoryQuery = {}): Promise<AgentEvent[]> {
+    const client = this.requireClient();
+    const limit = query.limit ?? 100;
+    const matcher = query.pattern === undefined ? undefined : compilePattern(query.pattern);
+    const end = '+';
+    const start = query.since === undefined ? '-' : `${Math.max(0, Math.floor(query.since))}-0`;
+    const found: { id: string; event: AgentEvent }[] = [];
+    const page = Math.max(100, Math.min(limit * 4, 2000));
+    const scanCap = 50_000;
+    await Promise.all(
+      this.keys.allStreams().map(async (key) => {
+        let upper = end;
+        let scanned = 0;
+        let kept = 0;
+        while (scanned < scanCap && kept < limit) {
+          const rows = (await client.xrevrangeBuffer(
+            key,
+            upper,
+            start,
+            'COUNT',
+            page,
+          )) as unknown as RawEntry[];
+          if (rows.length === 0) break;
+          for (const [idBuf, fields] of rows) {
+            const id = idBuf.toString();
+            const { e } = fieldsOf(fields);
+            if (!e) continue;
+            const event = this.decode(e);
+            if (!event || (matcher && !matcher.matches(event.type))) continue;
+            found.push({ id, event });
+            kept++;
+          }
+          scanned += rows.length;
+          const last = rows[rows.length - 1]![0].toString();
+          upper = `(${last}`;
+          if (rows.length < page) break;
+        }
+      }),
+    );
+    found.sort((a, b) => compareIds(a.id, b.id));
+    return found.slice(-limit).map((f) => f.event);
+  }
+
+  async replay(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number> {
+    const client = this.requireClient();
+    const matcher = query.pattern === undefined ? undefined : compilePattern(query.pattern);
+    const start = query.fromId ?? (query.from === undefined ? '-' : `${Math.floor(query.from)}-0`);
+    const end = query.toId ?? (query.to === undefined ? '+' : `${Math.floor(query.to)}-99999999999`);
+    const limit = query.limit ?? Number.POSITIVE_INFINITY;
+    const rows: { id: string; event: AgentEvent }[] = [];
+    await Promise.all(
+      this.keys.allStreams().map(async (key) => {
+        let lower = start;
+        for (;;) {
+          const page = (await client.xrangeBuffer(key, lower, end, 'COUNT', 1000)) as unknown as RawEntry[];
+          for (const [idBuf, fields] of page) {
+            const { e } = fieldsOf(fields);
+            const event = e && this.decode(e);
+            if (event && (!matcher || matcher.matches(event.type)))
+              rows.push({ id: idBuf.toString(), event });
+          }
+          if (page.length < 1000) break;
+          lower = `(${page[page.length - 1]![0].toString()}`;
+        }
+      }),
+    );
+    rows.sort((a, b) => compareIds(a.id, b.id));
+    let n = 0;
+    for (const r of rows) {
+      if (n >= limit) break;
+      await onEvent(r.event);
+      n++;
+    }
+    return n;
+  }
+
+  // ------------------------------------------------------------------ health
+
+  async healthCheck(): Promise<TransportHealth> {
+    const reasons: string[] = [];
+    const client = this.client;
+    if (!client || this.closed) return { status: 'unhealthy', connected: false, reasons: ['not connected'] };
+    const started = performance.now();
+    try {
+      await Promise.race([
+        client.ping(),
+        sleep(2000).then(() => {
+          throw new Error('ping timed out after 2000 ms');
+        }),
+      ]);
+    } catch (err) {
+      return {
+        status: 'unhealthy',
+        connected: false,
+        reasons: [`redis unreachable: ${(err as Error).message}`],
+        details: { status: client.status },
+      };
+    }
+    const latencyMs = performance.now() - started;
+    const groups: Record<string, { pending: number; lag: number | null }> = {};
+    for (const c of this.consumers)
+      groups[c.group] = await c.lagAndPending().catch(() => ({ pending: -1, lag: null }));
+    if (this.counters.trimmedWhilePending > 0)
+      reasons.push(
+        `${this.counters.trimmedWhilePending} entries were trimmed while still pending (raise maxLen/ttl)`,
+      );
+    if (this.inFlightEvents > this.options.maxPendingPublishes * 0.8)
+      reasons.push(`publish backlog ${this.inFlightEvents}/${this.options.maxPendingPublishes}`);
+    return {
+      status: reasons.length > 0 ? 'degraded' : 'healthy',
+      connected: true,
+      latencyMs,
+      reasons,
+      details: {
+        groups,
+        mode: this.options.cluster ? 'cluster' : 'standalone',
+        partitions: this.options.partitions,
+      },
+    };
+  }
+
+  stats(): TransportStats {
+    return {
+      ...this.counters,
+      pendingPublishes: this.inFlightEvents,
+      connections: this.isConnected() ? 1 + this.consumers.size : 0,
+      consumers: this.consumers.size,
+    };
+  }
+}
+
+/** An entry handed to the bus. Settling is idempotent. */
+class RedisDelivery implements Delivery {
+  settled = false;
+  constructor(
+    readonly consumer: StreamConsumer,
+    readonly stream: string,
+    readonly transportId: string,
+    readonly frame: Buffer,
+    readonly event: AgentEvent,
+    readonly attempt: number,
+    readonly publishedAt: number,
+  ) {}
+
+  get key(): string {
+    return `${this.stream} ${this.transportId}`;
+  }
+
+  ack(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.consumer.settled(this);
+    this.consumer.ack(this.stream, this.transportId);
+  }
+
+  nack(delayMs?: number): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.consumer.settled(this);
+    this.consumer.redeliver(this, delayMs);
+  }
+
+  async deadLetter(info: DeadLetterInfo): Promise<void> {
+    if (this.settled) return;
+    this.settled = true;
+    this.consumer.settled(this);
+    await this.consumer.deadLetter(this.stream, this.transportId, this.frame, this.event, info);
+  }
+}
+
+/** One consumer group binding: read loop(s), acks, claims and heartbeats. */
+class StreamConsumer implements TransportConsumer {
+  readonly group: string;
+  readonly identity: string;
+  private readonly me: string;
+  private closed = false;
+  private paused = false;
+  private resumeWaiters: (() => void)[] = [];
+  private readonly inflight = new Map<string, RedisDelivery>();
+  private readonly ackBuf = new Map<string, string[]>();
+  private ackScheduled = false;
+  private ackFlushing: Promise<void> = Promise.resolve();
+  private readers: RedisClient[] = [];
+  private loops: Promise<void>[] = [];
+  private timers: NodeJS.Timeout[] = [];
+  private recovering = false;
+
+  constructor(
+    readonly transport: RedisStreamsTransport,
+    readonly spec: ConsumerSpec,
+    readonly sink: DeliverySink,
+  ) {
+    this.me = transport.nodeId;
+    this.group = groupName(spec.id, spec.group, transport.nodeId);
+    this.identity = bindingIdentity(spec.id, spec.group, transport.nodeId);
+  }
+
+  get id(): string {
+    return this.spec.id;
+  }
+
+  private get streams(): string[] {
+    return this.transport.keys.allStreams();
+  }
+
+  async open(): Promise<void> {
+    await this.ensureGroups();
+    await this.recover(true);
+    const t = this.transport;
+    const partitions = t.options.partitions;
+    if (t.options.cluster) {
+      this.loops.push(this.pollLoop());
+    } else {
+      for (let p = 0; p < partitions; p++) {
+        const reader = t.duplicate();
+        this.readers.push(reader);
+        reader.on('error', (e: Error) => t.throttledError(e));
+        await reader.connect();
+        this.loops.push(this.blockingLoop(reader, t.keys.streams(p)));
+      }
+    }
+    const claimEvery = Math.max(50, Math.floor(t.options.claimIdleMs / 2));
+    const extendEvery = Math.max(30, Math.floor(t.options.claimIdleMs / 3));
+    this.timers.push(setInterval(() => void this.recover(false), claimEvery));
+    this.timers.push(setInterval(() => void this.extend(), extendEvery));
+    for (const timer of this.timers) timer.unref();
+  }
+
+  async ensureGroups(): Promise<void> {
+    const client = this.transport.requireClient();
+    const start = this.spec.startFrom === 'earliest' ? '0' : '$';
+    await Promise.all(
+      this.streams.map((key) =>
+        client.xgroup('CREATE', key, this.group, start, 'MKSTREAM').catch((err: Error) => {
+          if (!/BUSYGROUP/.test(err.message)) throw err;
+        }),
+      ),
+    );
+  }
+
+  private async waitUntilRunnable(): Promise<boolean> {
+    while (!this.closed) {
+      if (this.paused) {
+        await new Promise<void>((r) => this.resumeWaiters.push(r));
+        continue;
+      }
+      if (this.sink.capacity() <= 0) {
+        await this.sink.ready();
+        continue;
+      }
+      return true;
+    }
+    return false;
+  }
+
+  private readCount(): number {
+    return Math.max(1, Math.min(this.transport.options.readCount, Math.floor(this.sink.capacity() / 5)));
+  }
+
+  private async blockingLoop(reader: RedisClient, keys: string[]): Promise<void> {
+    const ids = keys.map(() => '>');
+    let backoff = 0;
+    while (await this.waitUntilRunnable()) {
+      try {
+        const res = (await reader.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          this.group,
+          this.me,
+          'COUNT',
+          this.readCount(),
+          'BLOCK',
+          this.transport.options.blockMs,
+          'STREAMS',
+          ...keys,
+          ...ids,
+        )) as unknown as RawRead;
+        backoff = 0;
+        if (res) this.handleRead(res);
+      } catch (err) {
+        if (this.closed) break;
+        backoff = await this.onReadError(err as Error, backoff);
+      }
+    }
+  }
+
+  /** Cluster: partitions live on different nodes; read them all without blocking, back off when idle. */
+  private async pollLoop(): Promise<void> {
+    const t = this.transport;
+    let idle = 1;
+    let backoff = 0;
+    while (await this.waitUntilRunnable()) {
+      try {
+        const client = t.requireClient();
+        const count = this.readCount();
+        const reads = await Promise.all(
+          Array.from({ length: t.options.partitions }, (_, p) => {
+            const keys = t.keys.streams(p);
+            return client.callBuffer(
+              'XREADGROUP',
+              'GROUP',
+              this.group,
+              this.me,
+              'COUNT',
+              count,
+              'STREAMS',
+              ...keys,
+              ...keys.map(() => '>'),
+            ) as unknown as Promise<RawRead>;
+          }),
+        );
+        backoff = 0;
+        let got = 0;
+        for (const r of reads) if (r) got += this.handleRead(r);
+        if (got === 0) {
+          await sleep(idle);
+          idle = Math.min(idle * 2, 50);
+        } else idle = 1;
+      } catch (err) {
+        if (this.closed) break;
+        backoff = await this.onReadError(err as Error, backoff);
+      }
+    }
+  }
+
+  private async onReadError(err: Error, backoff: number): Promise<number> {
+    if (/NOGROUP/.test(err.message)) {
+      // Redis lost its data (restart without persistence, failover before replication): start over
+      this.transport.logger.warn('consumer group missing; re-creating', { group: this.group });
+      await this.ensureGroups().catch(() => {});
+    } else this.transport.throttledError(err);
+    const next = Math.min(2000, Math.max(50, backoff * 2));
+    await sleep(next);
+    return next;
+  }
+
+  /** Turns an XREADGROUP reply into deliveries. Returns how many entries it held. */
+  private handleRead(res: [Buffer, RawEntry[]][], attempts?: Map<string, number>): number {
+    const t = this.transport;
+    const out: RedisDelivery[] = [];
+    let n = 0;
+    for (const [keyBuf, entries] of res) {
+      const stream = keyBuf.toString();
+      for (const [idBuf, fields] of entries) {
+        n++;
+        const id = idBuf.toString();
+        const attempt = attempts?.get(id) ?? 1;
+        const { e, t: ts } = fieldsOf(fields);
+        if (!e) {
+          // trimmed away while pending: nothing left to deliver
+          t.counters.trimmedWhilePending++;
+          this.ack(stream, id);
+          continue;
+        }
+        const event = t.decode(e);
+        if (!event) {
+          void this.deadLetter(stream, id, e, undefined, { reason: 'decode_error', attempts: attempt });
+          continue;
+        }
+        if (attempt > t.options.maxDeliveries) {
+          void this.deadLetter(stream, id, e, event, {
+            reason: 'max_attempts',
+            attempts: attempt - 1,
+            error: {
+              name: 'MaxDeliveriesExceeded',
+              message: `delivered ${attempt - 1} times without an ack`,
+            },
+            nodeId: this.me,
+            group: this.spec.group,
+            binding: this.identity,
+          });
+          continue;
+        }
+        const d = new RedisDelivery(this, stream, id, e, event, attempt, ts ?? epochNow());
+        this.inflight.set(d.key, d);
+        out.push(d);
+      }
+    }
+    if (out.length > 0) {
+      t.counters.delivered += out.length;
+      if (attempts) t.counters.redelivered += out.length;
+      this.sink.deliverMany(out);
+    }
+    return n;
+  }
+
+  settled(d: RedisDelivery): void {
+    this.inflight.delete(d.key);
+  }
+
+  ack(stream: string, id: string): void {
+    let list = this.ackBuf.get(stream);
+    if (!list) this.ackBuf.set(stream, (list = []));
+    list.push(id);
+    if (!this.ackScheduled) {
+      this.ackScheduled = true;
+      setImmediate(() => {
+        this.ackFlushing = this.transport.track(this.flushAcks());
+      });
+    }
+  }
+
+  private async flushAcks(): Promise<void> {
+    this.ackScheduled = false;
+    const buf = [...this.ackBuf];
+    this.ackBuf.clear();
+    const client = this.transport.client;
+    if (!client || buf.length === 0) return;
+    const t = this.transport;
+    await Promise.all(
+      buf.map(async ([stream, ids]) => {
+        try {
+          await client.xack(stream, this.group, ...ids);
+          t.counters.acked += ids.length;
+        } catch (err) {
+          // the entries stay pending and are redelivered: at-least-once, never lost
+          t.throttledError(err as Error);
+        }
+      }),
+    );
+  }
+
+  redeliver(d: RedisDelivery, delayMs: number | undefined): void {
+    // Without a delay the entry simply stays pending and is reclaimed after claimIdleMs.
+    if (delayMs === undefined || this.closed) return;
+    const timer = setTimeout(() => {
+      this.timers = this.timers.filter((x) => x !== timer);
+      void this.claimNow(d.stream, [d.transportId], new Map([[d.transportId, d.attempt + 1]]));
+    }, delayMs);
+    timer.unref();
+    this.timers.push(timer);
+  }
+
+  private async claimNow(stream: string, ids: string[], attempts: Map<string, number>): Promise<void> {
+    if (this.closed || ids.length === 0) return;
+    const client = this.transport.client;
+    if (!client) return;
+    try {
+      const claimed = (await client.callBuffer(
+        'XCLAIM',
+        stream,
+        this.group,
+        this.me,
+        0,
+        ...ids,
+      )) as unknown as RawEntry[];
+      this.noteDeleted(stream, ids, claimed);
+      this.handleRead([[Buffer.from(stream), claimed]], attempts);
+    } catch (err) {
+      this.transport.throttledError(err as Error);
+    }
+  }
+
+  /** Entries XCLAIM did not return were deleted (trimmed) while pending. */
+  private noteDeleted(stream: string, asked: string[], claimed: RawEntry[]): void {
+    if (claimed.length >= asked.length) return;
+    const got = new Set(claimed.map(([id]) => id.toString()));
+    for (const id of asked) {
+      if (got.has(id)) continue;
+      this.transport.counters.trimmedWhilePending++;
+      this.ack(stream, id);
+    }
+  }
+
+  /**
+   * Claims entries idle for `claimIdleMs` (their consumer died or gave them
+   * back), plus, when `own`, this consumer's own pending entries from a previous
+   * life (a restart with the same node id).
+   */
+  async recover(own: boolean): Promise<void> {
+    if (this.closed || this.recovering) return;
+    this.recovering = true;
+    const t = this.transport;
+    try {
+      const client = t.requireClient();
+      for (const stream of this.streams) {
+        const rows = (
+          own
+            ? await client.xpending(stream, this.group, '-', '+', 1000, this.me)
+            : await client.xpending(stream, this.group, 'IDLE', t.options.claimIdleMs, '-', '+', 200)
+        ) as [string, string, number, number][];
+        const take = rows.filter(
+          ([id, consumer]) => !(consumer === this.me && this.inflight.has(`${stream} ${id}`)),
+        );
+        if (take.length === 0) continue;
+        const attempts = new Map(take.map(([id, , , count]) => [id, count + 1]));
+        const ids = take.map(([id]) => id);
+        const claimed = (await client.callBuffer(
+          'XCLAIM',
+          stream,
+          this.group,
+          this.me,
+          own ? 0 : t.options.claimIdleMs,
+          ...ids,
+        )) as unknown as RawEntry[];
+        this.noteDeleted(stream, ids, claimed);
+        t.counters.claimed += claimed.length;
+        if (claimed.length > 0) this.handleRead([[Buffer.from(stream), claimed]], attempts);
+      }
+    } catch (err) {
+      if (!this.closed && !/NOGROUP/.test((err as Error).message)) t.throttledError(err as Error);
+    } finally {
+      this.recovering = false;
+    }
+  }
+
+  /** Refreshes the idle time of entries still being handled, so nobody claims them mid-handler. */
+  private async extend(): Promise<void> {
+    if (this.closed || this.inflight.size === 0) return;
+    const client = this.transport.client;
+    if (!client) return;
+    const byStream = new Map<string, string[]>();
+    for (const d of this.inflight.values()) {
+      let list = byStream.get(d.stream);
+      if (!list) byStream.set(d.stream, (list = []));
+      list.push(d.transportId);
+    }
+    for (const [stream, ids] of byStream) {
+      for (let i = 0; i < ids.length; i += 500) {
+        await client
+          .xclaim(stream, this.group, this.me, 0, ...ids.slice(i, i + 500), 'JUSTID')
+          .catch((e: Error) => this.transport.throttledError(e));
+      }
+    }
+  }
+
+  async deadLetter(
+    stream: string,
+    id: string,
+    frame: Buffer,
+    event: AgentEvent | undefined,
+    info: DeadLetterInfo,
+  ): Promise<void> {
+    const t = this.transport;
+    const part = t.keys.partitionOf(stream);
+    const record = JSON.stringify({ ...info, eventId: event?.id, type: event?.type });
+    await t.scripts.qeDeadLetter(stream, t.keys.dlq(part), this.group, id, frame, record, t.options.maxLen);
+    t.counters.deadLettered++;
+  }
+
+  async lagAndPending(): Promise<{ pending: number; lag: number | null }> {
+    const client = this.transport.requireClient();
+    let pending = 0;
+    let lag: number | null = 0;
+    for (const stream of this.streams) {
+      const groups = (await client.xinfo('GROUPS', stream)) as unknown[][];
+      for (const g of groups) {
+        const o: Record<string, unknown> = {};
+        for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+        if (o.name !== this.group) continue;
+        pending += Number(o.pending ?? 0);
+        if (lag !== null) lag = o.lag === null || o.lag === undefined ? null : lag + Number(o.lag);
+      }
+    }
+    return { pending, lag };
+  }
+
+  setPatterns(_patterns: readonly string[]): void {
+    // every entry is read; the bus filters (see DeliverySink)
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    for (const w of this.resumeWaiters.splice(0)) w();
+  }
+
+  async close(options: { leave?: boolean } = {}): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    this.timers = [];
+    for (const w of this.resumeWaiters.splice(0)) w();
+    for (const r of this.readers) r.disconnect();
+    await Promise.allSettled(this.loops);
+    await this.ackFlushing;
+    this.transport.forget(this);
+    if (options.leave) {
+      const client = this.transport.client;
+      if (client)
+        await Promise.all(
+          this.streams.map((key) => client.xgroup('DESTROY', key, this.group).catch(() => 0)),
+        );
+    }
+  }
+
+  /** Crash simulation: drop connections, no acks. */
+  kill(): void {
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    for (const r of this.readers) r.disconnect();
+    this.ackBuf.clear();
+  }
+}

@@ -1,0 +1,140 @@
+import { ConfigError, type SerializationName, type SerializerOptions } from '@qe/core';
+import type { ClusterOptions, RedisOptions } from 'ioredis';
+
+/** Spec 000's `RedisConfig`, plus what production use needs. */
+export interface RedisTransportOptions {
+  /** `redis://[user:password@]host:port/db` or `rediss://` for TLS. Overrides host/port/db/password. */
+  url?: string;
+  host?: string;
+  port?: number;
+  db?: number;
+  username?: string;
+  password?: string;
+  /** Prefix of every key. Default `qe`. */
+  keyPrefix?: string;
+  /** Retention in seconds: entries older than this are trimmed (MINID). Default: none (see `maxLen`). */
+  ttl?: number;
+  /** Retention by length per stream (approximate, MAXLEN ~). Default 100,000. */
+  maxLen?: number;
+  /** Codec for frames written; any codec is read. Default `json`. */
+  serialization?: SerializationName | SerializerOptions;
+  /** TLS options (also implied by `rediss://`). */
+  tls?: RedisOptions['tls'];
+  /** Redis Cluster: seed nodes. When set, host/port are ignored. */
+  cluster?: { nodes: { host: string; port: number }[]; options?: ClusterOptions };
+  /** Stream partitions (by hash of `agentId`); each partition's keys share one hash slot. Default 1, or 6 on a cluster. */
+  partitions?: number;
+  /** Entries a dead consumer held are claimed by a live one after this idle time. Default 30,000 ms. */
+  claimIdleMs?: number;
+  /** Deliveries after which an entry is dead-lettered without calling handlers. Default 10. */
+  maxDeliveries?: number;
+  /** Entries per XREADGROUP per stream. Default 500. */
+  readCount?: number;
+  /** XREADGROUP BLOCK time. Default 1,000 ms. */
+  blockMs?: number;
+  /** Publishes waiting for Redis before `publish` waits or fails (per `onFull`). Default 20,000 events. */
+  maxPendingPublishes?: number;
+  /** ioredis auto-pipelining (helps PUBLISH throughput, raises p99; measure). Default false. */
+  enableAutoPipelining?: boolean;
+  /** Extra ioredis options. */
+  redisOptions?: RedisOptions;
+}
+
+export interface ResolvedOptions {
+  redis: RedisOptions;
+  cluster: { nodes: { host: string; port: number }[]; options: ClusterOptions } | undefined;
+  keyPrefix: string;
+  ttlMs: number | undefined;
+  maxLen: number;
+  serialization: SerializationName | SerializerOptions;
+  partitions: number;
+  claimIdleMs: number;
+  maxDeliveries: number;
+  readCount: number;
+  blockMs: number;
+  maxPendingPublishes: number;
+}
+
+function posInt(setting: string, v: unknown, min = 1): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
+    throw new ConfigError(setting, `must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Validates options (a `ConfigError` names the bad setting) and fills defaults. */
+export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
+  if (o === null || typeof o !== 'object') throw new ConfigError('options', 'must be an object');
+  const redis: RedisOptions = {
+    host: o.host ?? '127.0.0.1',
+    port: posInt('port', o.port) ?? 6379,
+    db: posInt('db', o.db, 0) ?? 0,
+    lazyConnect: true,
+    enableAutoPipelining: o.enableAutoPipelining ?? false,
+    maxRetriesPerRequest: 20,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
+    ...(o.username === undefined ? {} : { username: o.username }),
+    ...(o.password === undefined ? {} : { password: o.password }),
+    ...(o.tls === undefined ? {} : { tls: o.tls }),
+  };
+  if (o.url !== undefined) {
+    let u: URL;
+    try {
+      u = new URL(o.url);
+    } catch {
+      throw new ConfigError('url', `not a URL: ${JSON.stringify(o.url)}`);
+    }
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
+      throw new ConfigError('url', `protocol must be redis: or rediss:, got ${u.protocol}`);
+    redis.host = u.hostname || '127.0.0.1';
+    redis.port = u.port ? Number(u.port) : 6379;
+    if (u.username) redis.username = decodeURIComponent(u.username);
+    if (u.password) redis.password = decodeURIComponent(u.password);
+    const db = u.pathname.replace(/^\//, '');
+    if (db) {
+      if (!/^\d+$/.test(db))
+        throw new ConfigError('url', `database must be a number, got ${JSON.stringify(db)}`);
+      redis.db = Number(db);
+    }
+    if (u.protocol === 'rediss:') redis.tls = { ...(o.tls ?? {}), servername: u.hostname };
+  }
+  Object.assign(redis, o.redisOptions);
+  const keyPrefix = o.keyPrefix ?? 'qe';
+  if (typeof keyPrefix !== 'string' || keyPrefix.length === 0 || /[{}\s]/.test(keyPrefix))
+    throw new ConfigError('keyPrefix', 'must be a non-empty string without braces or spaces');
+  if (o.cluster !== undefined && (!Array.isArray(o.cluster.nodes) || o.cluster.nodes.length === 0))
+    throw new ConfigError('cluster.nodes', 'must be a non-empty array of { host, port }');
+  const cluster = o.cluster
+    ? {
+        nodes: o.cluster.nodes,
+        options: {
+          lazyConnect: true,
+          enableAutoPipelining: o.enableAutoPipelining ?? false,
+          clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
+          ...o.cluster.options,
+          redisOptions: {
+            ...(redis.password === undefined ? {} : { password: redis.password }),
+            ...(redis.username === undefined ? {} : { username: redis.username }),
+            ...(redis.tls === undefined ? {} : { tls: redis.tls }),
+            maxRetriesPerRequest: 20,
+            ...o.cluster.options?.redisOptions,
+          },
+        },
+      }
+    : undefined;
+  const ttl = o.ttl === undefined ? undefined : posInt('ttl', o.ttl);
+  return {
+    redis,
+    cluster,
+    keyPrefix,
+    ttlMs: ttl === undefined ? undefined : ttl * 1000,
+    maxLen: posInt('maxLen', o.maxLen) ?? 100_000,
+    serialization: o.serialization ?? 'json',
+    partitions: posInt('partitions', o.partitions) ?? (cluster ? 6 : 1),
+    claimIdleMs: posInt('claimIdleMs', o.claimIdleMs, 10) ?? 30_000,
+    maxDeliveries: posInt('maxDeliveries', o.maxDeliveries) ?? 10,
+    readCount: posInt('readCount', o.readCount) ?? 500,
+    blockMs: posInt('blockMs', o.blockMs, 10) ?? 1000,
+    maxPendingPublishes: posInt('maxPendingPublishes', o.maxPendingPublishes) ?? 20_000,
+  };
+}
