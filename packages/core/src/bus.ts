@@ -325,6 +325,8 @@ interface Binding {
 }
 
 const SAMPLE_INTERVAL_MS = 1000;
+/** Handler calls dispatched in microtasks before the bus lets the event loop turn. */
+const YIELD_EVERY = 1024;
 const HISTOGRAM_ROTATE_TICKS = 10; // 6 slots x 10 s = a 60 s latency window
 const RATE_WINDOW_S = 5;
 
@@ -968,20 +970,32 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   private enqueue(t: Task): void {
     this.queue.push(t, t.level);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(this.drainFn);
-    }
+    if (!this.scheduled) this.schedule();
   }
 
   private markReady(s: Subscription): void {
     if (s.parked === null || s.parked.size === 0) return;
     this.readySubs.push(s);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(this.drainFn);
-    }
+    if (!this.scheduled) this.schedule();
   }
+
+  /**
+   * Dispatch runs in microtasks for latency, but a chain of async handlers
+   * resolving at once would then never let the event loop turn, starving the
+   * transport's I/O (its next read, its acks). After `YIELD_EVERY` calls
+   * without a turn, the next round waits for one.
+   */
+  private schedule(): void {
+    this.scheduled = true;
+    if (this.sinceYield < YIELD_EVERY) queueMicrotask(this.drainFn);
+    else setImmediate(this.turnFn);
+  }
+
+  private sinceYield = 0;
+  private readonly turnFn = () => {
+    this.sinceYield = 0;
+    this.drain();
+  };
 
   private drain(): void {
     this.scheduled = false;
@@ -1011,10 +1025,11 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       if (t === undefined) break;
       this.dispatch(t);
     }
+    this.sinceYield += 4096 - budget;
     if ((this.queue.size > 0 || this.readySubs.length > 0) && !this.scheduled) {
       // a long backlog: let I/O in between rounds
       this.scheduled = true;
-      setImmediate(this.drainFn);
+      setImmediate(this.turnFn);
     }
   }
 
