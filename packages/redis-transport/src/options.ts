@@ -111,12 +111,19 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
           lazyConnect: true,
           enableAutoPipelining: o.enableAutoPipelining ?? false,
           clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
+          // failover: a dead master's commands must fail over to the promoted replica, not
+          // wait in that node's offline queue through every reconnect attempt
+          retryDelayOnFailover: 200,
+          retryDelayOnClusterDown: 200,
+          maxRedirections: 64,
+          slotsRefreshInterval: 2000,
           ...o.cluster.options,
           redisOptions: {
             ...(redis.password === undefined ? {} : { password: redis.password }),
             ...(redis.username === undefined ? {} : { username: redis.username }),
             ...(redis.tls === undefined ? {} : { tls: redis.tls }),
-            maxRetriesPerRequest: 20,
+            maxRetriesPerRequest: 2,
+            enableOfflineQueue: false,
             ...o.cluster.options?.redisOptions,
           },
         },

@@ -40,7 +40,19 @@ export async function startRedis(
   dir?: string,
 ): Promise<RedisProcess> {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `qe-redis-${port}-`));
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dataDir, '--save', '', ...extraArgs];
+  const args = [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--dir',
+    dataDir,
+    '--save',
+    '',
+    '--logfile',
+    join(dataDir, 'redis.log'),
+    ...extraArgs,
+  ];
   const launch = () => {
     const p = spawn('redis-server', args, { stdio: 'ignore' });
     return p;

@@ -1,0 +1,113 @@
+import { QEEventBus } from '@qe/core';
+import { describeTransportConformance, waitFor } from '@qe/transport-conformance';
+import { Cluster } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisStreamsTransport } from '../src/index.js';
+import { type LocalCluster, startCluster } from './cluster.js';
+import { uniquePrefix } from './helpers.js';
+
+let cluster: LocalCluster;
+beforeAll(async () => {
+  cluster = await startCluster(7120);
+}, 60_000);
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+const transport = (keyPrefix: string) =>
+  new RedisStreamsTransport({
+    cluster: { nodes: cluster.nodes },
+    keyPrefix,
+    partitions: 3,
+    claimIdleMs: 500,
+  });
+
+describeTransportConformance({
+  name: 'redis-streams (cluster: 3 masters + 3 replicas)',
+  capabilities: new RedisStreamsTransport({ cluster: { nodes: [{ host: '127.0.0.1', port: 1 }] } })
+    .capabilities,
+  redeliveryTimeoutMs: 10_000,
+  async setup() {
+    const keyPrefix = uniquePrefix('cluster');
+    return {
+      createTransport: () => transport(keyPrefix),
+      crash: (t) => (t as RedisStreamsTransport).kill(),
+    };
+  },
+});
+
+describe('redis cluster specifics', () => {
+  it('spreads partitions over the masters and keeps one agent on one partition', async () => {
+    const keyPrefix = uniquePrefix('spread');
+    const b = new QEEventBus({ nodeId: 'spread', transport: transport(keyPrefix) });
+    await b.start();
+    try {
+      for (let i = 0; i < 60; i++)
+        await b.publish({ type: 'spread.x', agentId: `agent-${i % 12}`, data: { i } });
+      const c = new Cluster(cluster.nodes);
+      const t = b.transport as RedisStreamsTransport;
+      const owners = new Set<string>();
+      for (let p = 0; p < 3; p++) {
+        const slot = Number(await c.cluster('KEYSLOT', t.keys.stream(p, 2)));
+        const slots = (await c.cluster('SLOTS')) as unknown as [number, number, [string, number]][];
+        const owner = slots.find(([lo, hi]) => slot >= lo && slot <= hi)!;
+        owners.add(String(owner[2][1]));
+      }
+      const lens = await Promise.all([0, 1, 2].map((p) => c.xlen(t.keys.stream(p, 2))));
+      c.disconnect();
+      expect(lens.reduce((a, b) => a + b, 0)).toBe(60);
+      expect(lens.filter((n) => n > 0).length).toBeGreaterThanOrEqual(2);
+      expect(owners.size).toBeGreaterThanOrEqual(2);
+    } finally {
+      await b.stop();
+    }
+  });
+
+  it('keeps consuming when a master fails over to its replica', async () => {
+    const keyPrefix = uniquePrefix('failover');
+    const producer = new QEEventBus({ nodeId: 'fo-p', transport: transport(keyPrefix) });
+    const consumer = new QEEventBus({ nodeId: 'fo-c', transport: transport(keyPrefix) });
+    producer.on('error', () => {});
+    consumer.on('error', () => {});
+    await producer.start();
+    await consumer.start();
+    try {
+      const handled = new Set<string>();
+      await consumer.subscribe('fo.*', (e) => void handled.add(e.id), { group: 'g' }).ready;
+      const acknowledged: string[] = [];
+      for (let i = 0; i < 50; i++)
+        acknowledged.push((await producer.publish({ type: 'fo.x', agentId: `a${i}`, data: { i } })).id);
+      await waitFor(() => handled.size === 50, 'traffic before failover');
+      // kill the master serving partition 0
+      const c = new Cluster(cluster.nodes);
+      const t = producer.transport as RedisStreamsTransport;
+      const slot = Number(await c.cluster('KEYSLOT', t.keys.stream(0, 2)));
+      const slots = (await c.cluster('SLOTS')) as unknown as [number, number, [string, number]][];
+      const masterPort = slots.find(([lo, hi]) => slot >= lo && slot <= hi)![2][1];
+      c.disconnect();
+      await cluster.server(masterPort).stop('SIGKILL');
+      let failed = 0;
+      const deadline = Date.now() + 30_000;
+      let i = 50;
+      while (acknowledged.length < 150 && Date.now() < deadline) {
+        try {
+          acknowledged.push((await producer.publish({ type: 'fo.x', agentId: `a${i}`, data: { i } })).id);
+          i++;
+        } catch {
+          failed++;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      await waitFor(
+        () => acknowledged.every((id) => handled.has(id)),
+        'every acknowledged event after failover',
+        30_000,
+      );
+      console.info(`[failover] acknowledged ${acknowledged.length}, rejected during failover ${failed}`);
+      expect(acknowledged.length).toBeGreaterThanOrEqual(150);
+    } finally {
+      await producer.stop().catch(() => {});
+      await consumer.stop().catch(() => {});
+    }
+  }, 90_000);
+});
