@@ -11,6 +11,7 @@ import {
   toError,
   ValidationError,
 } from '@qe/core';
+import { createRedisTransport } from '@qe/redis-transport';
 import { type BrokerConfig, redactConfig } from './config.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
@@ -124,12 +125,26 @@ function selectorFrom(body: unknown): { ids?: string[]; pattern?: string; limit?
   return out;
 }
 
-function createTransport(config: BrokerConfig): Transport {
-  if (config.redis === null) return new MemoryTransport();
-  throw new EventBusError(
-    'UNSUPPORTED',
-    'Redis is configured but @qe/redis-transport is not available in this build; unset REDIS_* to run in memory',
-  );
+/** The transport the configuration describes: memory by default, Redis Streams (single or cluster) when configured. */
+export function createTransport(config: BrokerConfig): Transport {
+  const r = config.redis;
+  if (r === null) return new MemoryTransport();
+  const common = { keyPrefix: config.keyPrefix, readCount: config.batchSize, blockMs: config.batchTimeoutMs };
+  if (r.mode === 'cluster')
+    return createRedisTransport({
+      ...common,
+      cluster: { nodes: r.nodes },
+      ...(r.password === undefined ? {} : { password: r.password }),
+      ...(r.tls ? { tls: {} } : {}),
+    });
+  return createRedisTransport({
+    ...common,
+    host: r.host,
+    port: r.port,
+    db: r.db,
+    ...(r.password === undefined ? {} : { password: r.password }),
+    ...(r.tls ? { tls: { servername: r.host } } : {}),
+  });
 }
 
 /**

@@ -269,10 +269,11 @@ export class BrokerMonitor {
   private refreshDeadLetters(): void {
     const store = this.bus.deadLetters;
     if (!store) return;
-    Promise.all([store.count(), store.list({ limit: 1000 })]).then(
+    // a bounded read every sample: the newest five of the first hundred (stores list oldest first)
+    Promise.all([store.count(), store.list({ limit: 100 })]).then(
       ([count, list]) => {
         this.deadLetterCount = count;
-        this.recentDead = list.slice(-5).reverse();
+        this.recentDead = [...list].sort((a, b) => b.deadAt - a.deadAt).slice(0, 5);
       },
       (err) => this.options.logger.warn('cannot read dead letters', { error: toError(err).message }),
     );

@@ -1,10 +1,12 @@
 import { bullmqTarget } from './bullmq.js';
 import { memoryTarget } from './memory.js';
 import { rawRedisTarget } from './raw-redis.js';
+import { redisTarget } from './redis.js';
 import type { Target } from './target.js';
 
 const TARGETS: Record<string, Target> = {
   memory: memoryTarget,
+  redis: redisTarget,
   'raw-redis': rawRedisTarget,
   bullmq: bullmqTarget,
 };

@@ -1,0 +1,134 @@
+import { QEEventBus } from '@qe/core';
+import { createRedisTransport } from '@qe/redis-transport';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { type SpawnedBroker, startBroker } from './spawn-broker.js';
+
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const prefix = `qe-test:broker:${Math.random().toString(36).slice(2, 10)}`;
+const brokers: SpawnedBroker[] = [];
+
+afterAll(async () => {
+  for (const b of brokers) if (b.child.exitCode === null) b.child.kill('SIGKILL');
+  const redis = new Redis(REDIS_URL);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.unlink(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
+});
+
+async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: T = await fn();
+  while (!ok(last)) {
+    if (Date.now() > end)
+      throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 100));
+    last = await fn();
+  }
+  return last;
+}
+
+describe('broker process on Redis (spec 003 variables)', () => {
+  it('sees events another process publishes, serves Redis dead letters, redrives them, exits 0 on SIGTERM', async () => {
+    const u = new URL(REDIS_URL);
+    const b = await startBroker({
+      REDIS_HOST: u.hostname,
+      REDIS_PORT: u.port || '6379',
+      EVENTBUS_KEY_PREFIX: prefix,
+      EVENTBUS_BATCH_SIZE: '200',
+      EVENTBUS_BATCH_TIMEOUT: '200',
+      METRICS_COLLECTION_INTERVAL: '200',
+      SERVICE_NAME: 'broker-on-redis',
+    });
+    brokers.push(b);
+    const health = (await (await fetch(`${b.url}/health`)).json()) as {
+      status: string;
+      transport: { connected: boolean };
+    };
+    expect(health.status).toBe('healthy');
+    expect(health.transport.connected).toBe(true);
+
+    // another node, in this process, on the same Redis and prefix
+    const bus = new QEEventBus({
+      nodeId: 'broker-test-publisher',
+      transport: createRedisTransport({ url: REDIS_URL, keyPrefix: prefix }),
+    });
+    await bus.start();
+    try {
+      let failures = 0;
+      const sub = bus.subscribe(
+        'job.fail',
+        () => {
+          failures++;
+          if (failures === 1) throw new Error('first attempt fails');
+        },
+        { retryAttempts: 0 },
+      );
+      await sub.ready;
+      const events = [];
+      for (let i = 0; i < 30; i++)
+        events.push({ type: 'task.create', agentId: `a${i % 3}`, data: { i }, priority: 1 as const });
+      for (let i = 0; i < 20; i++)
+        events.push({ type: 'agent.heartbeat', agentId: `a${i % 3}`, data: { i }, priority: 3 as const });
+      await bus.publishBatch(events);
+      await bus.publish({ type: 'job.fail', agentId: 'x', data: null });
+
+      const dash = await until(
+        async () =>
+          (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
+            transport: string;
+            totals: { handled: number };
+            byFamily: Record<string, number>;
+            byPriority: Record<string, number>;
+          },
+        (d) => d.totals.handled >= 51,
+      );
+      expect(dash.transport).toBe('redis-streams');
+      expect(dash.byFamily).toMatchObject({ task: 30, agent: 20, job: 1 });
+      expect(dash.byPriority).toMatchObject({ high: 30, low: 20, normal: 1 });
+
+      const list = await until(
+        async () =>
+          (await (await fetch(`${b.url}/dead-letters`)).json()) as {
+            count: number;
+            items: { id: string; event: { type: string } }[];
+          },
+        (l) => l.count === 1,
+      );
+      expect(list.items[0]!.event.type).toBe('job.fail');
+      const redrive = await fetch(`${b.url}/dead-letters/redrive`, {
+        method: 'POST',
+        body: JSON.stringify({ ids: [list.items[0]!.id] }),
+      });
+      expect(await redrive.json()).toEqual({ redriven: 1 });
+      await until(
+        async () => failures,
+        (n) => n === 2,
+      );
+      const metrics = await (await fetch(`${b.url}/metrics`)).text();
+      expect(metrics).toMatch(
+        /qe_eventbus_events_observed_total\{[^}]*transport="redis-streams",family="task"\} 30/,
+      );
+    } finally {
+      await bus.stop({ leave: true });
+    }
+    b.child.kill('SIGTERM');
+    expect(await b.exited).toBe(0);
+  });
+
+  it('exits 1 with a clear log when Redis is unreachable', async () => {
+    const { runBroker } = await import('./spawn-broker.js');
+    const r = await runBroker({ REDIS_URL: 'redis://127.0.0.1:7349', EVENTBUS_KEY_PREFIX: prefix });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /"msg":"cannot start".*ECONNREFUSED|"msg":"cannot start".*cannot connect to Redis/,
+    );
+  });
+});
