@@ -3,6 +3,8 @@ import type { ClusterOptions, RedisOptions } from 'ioredis';
 
 /** Spec 000's `RedisConfig`, plus what production use needs. */
 export interface RedisTransportOptions {
+  /** `streams` (default): at-least-once, groups, history. `pubsub`: at-most-once, lowest latency. Used by `createRedisTransport`. */
+  mode?: 'streams' | 'pubsub';
   /** `redis://[user:password@]host:port/db` or `rediss://` for TLS. Overrides host/port/db/password. */
   url?: string;
   host?: string;

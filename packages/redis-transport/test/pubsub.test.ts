@@ -1,0 +1,65 @@
+import { QEEventBus } from '@qe/core';
+import { describeTransportConformance, waitFor } from '@qe/transport-conformance';
+import { describe, expect, it } from 'vitest';
+import { createRedisTransport, RedisPubSubTransport } from '../src/index.js';
+import { REDIS_URL, uniquePrefix } from './helpers.js';
+
+describeTransportConformance({
+  name: 'redis-pubsub',
+  capabilities: new RedisPubSubTransport().capabilities,
+  async setup() {
+    const keyPrefix = uniquePrefix('ps');
+    return { createTransport: () => createRedisTransport({ mode: 'pubsub', url: REDIS_URL, keyPrefix }) };
+  },
+});
+
+describe('redis pub/sub specifics', () => {
+  it('refuses group subscriptions with UNSUPPORTED', async () => {
+    const bus = new QEEventBus({
+      nodeId: 'ps-g',
+      transport: new RedisPubSubTransport({ keyPrefix: uniquePrefix('ps') }),
+    });
+    const errors: Error[] = [];
+    bus.on('error', (e) => errors.push(e));
+    await bus.start();
+    try {
+      const u = bus.subscribe('x.*', () => {}, { group: 'g' });
+      await expect(u.ready).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    } finally {
+      await bus.stop();
+    }
+  });
+
+  it('drops and counts events a full queue cannot take, never buffering without bound', async () => {
+    const keyPrefix = uniquePrefix('ps');
+    const producer = new QEEventBus({ nodeId: 'ps-p', transport: new RedisPubSubTransport({ keyPrefix }) });
+    const consumer = new QEEventBus({
+      nodeId: 'ps-c',
+      transport: new RedisPubSubTransport({ keyPrefix }),
+      backpressure: { maxQueueSize: 5 },
+    });
+    await producer.start();
+    await consumer.start();
+    try {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let handled = 0;
+      await consumer.subscribe('flood.*', async () => {
+        await gate;
+        handled++;
+      }).ready;
+      await producer.publishBatch(
+        Array.from({ length: 50 }, (_, i) => ({ type: 'flood.x', agentId: 'a', data: { i } })),
+      );
+      const t = consumer.transport as RedisPubSubTransport;
+      await waitFor(() => t.counters.dropped + t.counters.delivered === 50, 'all 50 to arrive');
+      expect(t.counters.dropped).toBe(45);
+      release();
+      await waitFor(() => handled === 5, 'the five accepted');
+      expect((await consumer.healthCheck()).transport.reasons.join()).toMatch(/45 events dropped/);
+    } finally {
+      await producer.stop();
+      await consumer.stop();
+    }
+  });
+});
