@@ -43,6 +43,19 @@ export interface DriveResult {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const parked = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Waits until about `ms` from now. Node timers wake 1-2 ms late, which an
+ * open-loop sender would count as latency of the system under test; so gaps
+ * under 2 ms are slept with `Atomics.wait` (the thread sleeps in the kernel,
+ * no spinning, I/O waits at most that long) and then the loop yields once.
+ */
+async function waitFor(ms: number): Promise<void> {
+  if (ms >= 2) return sleep(ms - 1);
+  if (ms > 0.02) Atomics.wait(parked, 0, 0, ms);
+  return tick();
+}
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
 /**
@@ -86,7 +99,7 @@ export async function drive(o: DriveOptions): Promise<DriveResult> {
     if (o.rate > 0) {
       const due = Math.min(total, Math.floor((now - start) / period) + 1);
       if (due <= next) {
-        await sleep(Math.max(0, Math.min(1, start + next * period - now)));
+        await waitFor(start + next * period - now);
         continue;
       }
       n = Math.min(due - next, o.maxBatch, o.maxInFlight - inFlight);
