@@ -132,3 +132,54 @@ describe('broker process on Redis (spec 003 variables)', () => {
     );
   });
 });
+
+describe('broker process on a Redis Cluster (REDIS_CLUSTER_NODES)', () => {
+  it('consumes what another node publishes to the cluster and reports it', async () => {
+    const { startCluster } = await import('./redis-cluster.js');
+    const cluster = await startCluster([7300, 7301, 7302]);
+    const clusterPrefix = `qe-test:broker:${Math.random().toString(36).slice(2, 10)}`;
+    try {
+      const b = await startBroker({
+        REDIS_CLUSTER_NODES: cluster.nodes.map((n) => `${n.host}:${n.port}`).join(','),
+        EVENTBUS_KEY_PREFIX: clusterPrefix,
+        METRICS_COLLECTION_INTERVAL: '200',
+      });
+      brokers.push(b);
+      const cfg = (await (await fetch(`${b.url}/api/config`)).json()) as {
+        redis: { mode: string; nodes: unknown[] };
+      };
+      expect(cfg.redis.mode).toBe('cluster');
+      expect(cfg.redis.nodes).toHaveLength(3);
+      const bus = new QEEventBus({
+        nodeId: 'broker-cluster-publisher',
+        transport: createRedisTransport({ cluster: { nodes: cluster.nodes }, keyPrefix: clusterPrefix }),
+      });
+      await bus.start();
+      try {
+        const events = [];
+        // many agents: the transport partitions streams by agentId, so events land on several masters
+        for (let i = 0; i < 60; i++)
+          events.push({ type: 'swarm.phase.transition', agentId: `agent-${i}`, data: { i } });
+        await bus.publishBatch(events);
+        const dash = await until(
+          async () =>
+            (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
+              totals: { handled: number };
+              byFamily: Record<string, number>;
+            },
+          (d) => d.totals.handled >= 60,
+          15_000,
+        );
+        expect(dash.byFamily).toEqual({ swarm: 60 });
+        const health = (await (await fetch(`${b.url}/health`)).json()) as { status: string };
+        expect(health.status).toBe('healthy');
+      } finally {
+        await bus.stop({ leave: true });
+      }
+      b.child.kill('SIGTERM');
+      expect(await b.exited).toBe(0);
+    } finally {
+      await cluster.stop();
+    }
+  }, 60_000);
+});
