@@ -47,6 +47,17 @@ describe('codecs and frames', () => {
     expect(s.decode(frame)).toEqual(big);
   });
 
+  it('encodeWire gives the same frame as encode, as a string for plain JSON', () => {
+    const json = createSerializer('json');
+    const wire = json.encodeWire(event);
+    expect(typeof wire).toBe('string');
+    expect(Buffer.from(wire as string)).toEqual(json.encode(event));
+    expect(Buffer.isBuffer(createSerializer('msgpack').encodeWire(event))).toBe(true);
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(() => json.encodeWire({ ...event, data: cyclic })).toThrow(CodecError);
+  });
+
   it('reads headerless JSON (plain producers) and accepts strings', () => {
     const s = createSerializer('msgpack');
     expect(s.decode(JSON.stringify(event))).toEqual(event);

@@ -117,6 +117,22 @@ export class Serializer {
     return Buffer.concat([this.header, body]);
   }
 
+  /**
+   * Like `encode`, but an uncompressed JSON frame comes back as a string
+   * (`QEj-{...}`), which clients such as ioredis write to the socket without an
+   * intermediate Buffer and copy. Same bytes on the wire.
+   */
+  encodeWire(event: AgentEvent): Buffer | string {
+    if (this.codec !== jsonCodec || this.compression !== 'none') return this.encode(event);
+    try {
+      return `QEj-${JSON.stringify(event)}`;
+    } catch (err) {
+      throw new CodecError(`cannot encode event ${event.id} with json: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  }
+
   /** Frame to event. A frame with no header that starts with `{` is read as plain JSON. */
   decode(frame: Uint8Array | string): AgentEvent {
     const bytes = typeof frame === 'string' ? Buffer.from(frame, 'utf8') : frame;
