@@ -70,7 +70,7 @@ type RawRead = [Buffer, RawEntry[]][] | null;
 
 interface PendingPublish {
   events: readonly AgentEvent[];
-  frames: Buffer[];
+  frames: (Buffer | string)[];
   t: string;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -255,9 +255,9 @@ export class RedisStreamsTransport implements Transport {
         this.publish(events, options),
       );
     }
-    let frames: Buffer[];
+    let frames: (Buffer | string)[];
     try {
-      frames = events.map((e) => this.serializer.encode(e));
+      frames = events.map((e) => this.serializer.encodeWire(e));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -299,7 +299,33 @@ export class RedisStreamsTransport implements Transport {
       return;
     }
     const trim = this.trimArgs();
-    const byPartition = new Map<number, { key: string; frame: Buffer; t: string; p: PendingPublish }[]>();
+    if (this.keys.partitions === 1) {
+      // one partition: one pipeline, no regrouping
+      const pipe = client.pipeline();
+      for (const p of batch) {
+        p.left = p.events.length;
+        for (let i = 0; i < p.events.length; i++)
+          pipe.xadd(this.keys.stream(0, p.events[i]!.priority), ...trim, '*', 'e', p.frames[i]!, 't', p.t);
+      }
+      let results: [Error | null, unknown][] | null = null;
+      let failure: Error | null = null;
+      try {
+        results = await pipe.exec();
+      } catch (err) {
+        failure = err as Error;
+      }
+      let k = 0;
+      for (const p of batch)
+        for (let i = 0; i < p.events.length; i++, k++) {
+          const r = results?.[k];
+          this.finishPublish(p, failure ?? r?.[0] ?? (r ? null : new Error('no reply')), 1);
+        }
+      return;
+    }
+    const byPartition = new Map<
+      number,
+      { key: string; frame: Buffer | string; t: string; p: PendingPublish }[]
+    >();
     for (const p of batch) {
       p.left = p.events.length;
       for (let i = 0; i < p.events.length; i++) {

@@ -16,8 +16,11 @@ export class Keys {
     return `{${this.prefix}:p${partition}}`;
   }
 
+  private readonly cache: string[] = [];
+
   stream(partition: number, level: number): string {
-    return `${this.prefix}:${this.tag(partition)}:s:${level}`;
+    const i = partition * 5 + level;
+    return (this.cache[i] ??= `${this.prefix}:${this.tag(partition)}:s:${level}`);
   }
 
   streams(partition: number): string[] {
