@@ -62,6 +62,8 @@ export interface Middleware {
 /** What a middleware may use of the bus it is attached to. */
 export interface MiddlewareHost {
   readonly nodeId: string;
+  /** The bus's transport: middleware reads `capabilities` (is it durable?) and `name`. */
+  readonly transport: Pick<import('./transport.js').Transport, 'name' | 'capabilities'>;
   /** Publish an event from inside middleware (for example a `system.*` state change). */
   publish(event: import('./event.js').EventInput): Promise<unknown>;
   on(event: string, listener: (...args: never[]) => void): unknown;
