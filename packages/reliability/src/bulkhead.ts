@@ -1,0 +1,80 @@
+import { ConfigError, type ConsumeFn, type Middleware, QueueFullError, RetryLaterError } from '@qe/core';
+
+export interface BulkheadOptions {
+  /** Calls running at once. */
+  maxConcurrent: number;
+  /** Calls waiting for a slot. Default 0. */
+  maxQueue?: number;
+  /**
+   * When the waiting queue is full too: `fail` throws `QUEUE_FULL` (the bus
+   * retries it, then dead-letters), `retry-later` postpones it without using an
+   * attempt, `shed` drops it (acknowledged unhandled) and counts it. Default `retry-later`.
+   */
+  overflow?: 'fail' | 'retry-later' | 'shed';
+  /** Postponement for `retry-later`, ms. Default 100. */
+  retryLaterMs?: number;
+}
+
+export interface BulkheadStats {
+  running: number;
+  queued: number;
+  rejected: number;
+  shed: number;
+  postponed: number;
+}
+
+/**
+ * A concurrency cap with a bounded waiting queue around a handler (or a set of
+ * subscriptions sharing one bulkhead instance, to protect one downstream).
+ * Waiters are served in arrival order.
+ */
+export function createBulkhead(options: BulkheadOptions): Middleware & { stats(): BulkheadStats } {
+  if (!Number.isInteger(options?.maxConcurrent) || options.maxConcurrent < 1)
+    throw new ConfigError('maxConcurrent', 'must be an integer >= 1');
+  const maxQueue = options.maxQueue ?? 0;
+  if (!Number.isInteger(maxQueue) || maxQueue < 0)
+    throw new ConfigError('maxQueue', 'must be an integer >= 0');
+  const overflow = options.overflow ?? 'retry-later';
+  if (!['fail', 'retry-later', 'shed'].includes(overflow))
+    throw new ConfigError('overflow', "must be 'fail', 'retry-later' or 'shed'");
+  const counters: BulkheadStats = { running: 0, queued: 0, rejected: 0, shed: 0, postponed: 0 };
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    const next = waiting.shift();
+    if (next) {
+      counters.queued--;
+      next();
+    } else counters.running--;
+  };
+  return {
+    name: 'bulkhead',
+    stats: () => ({ ...counters }),
+    consume(next: ConsumeFn): ConsumeFn {
+      return async (event, ctx) => {
+        if (counters.running >= options.maxConcurrent) {
+          if (waiting.length >= maxQueue) {
+            if (overflow === 'shed') {
+              counters.shed++;
+              return;
+            }
+            if (overflow === 'fail') {
+              counters.rejected++;
+              throw new QueueFullError(
+                `bulkhead full (${options.maxConcurrent} running, ${maxQueue} waiting)`,
+              );
+            }
+            counters.postponed++;
+            throw new RetryLaterError(options.retryLaterMs ?? 100, 'bulkhead full');
+          }
+          counters.queued++;
+          await new Promise<void>((r) => waiting.push(r)); // the slot is handed over, running unchanged
+        } else counters.running++;
+        try {
+          return await next(event, ctx);
+        } finally {
+          release();
+        }
+      };
+    },
+  };
+}

@@ -1,0 +1,122 @@
+import { type AgentEvent, EventPriority, QEEventBus } from '@qe/core';
+import { waitFor } from '@qe/transport-conformance';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  CIRCUIT_EVENTS,
+  createCircuitBreaker,
+  createIdempotency,
+  createRetryMiddleware,
+  DeadLetterManager,
+} from '../src/index.js';
+
+const buses: QEEventBus[] = [];
+afterEach(async () => {
+  await Promise.all(buses.splice(0).map((b) => b.stop()));
+});
+async function bus() {
+  const b = new QEEventBus({ nodeId: `rel-${buses.length}`, retryAttempts: 0 });
+  buses.push(b);
+  await b.start();
+  return b;
+}
+
+describe('reliability on a bus (memory transport)', () => {
+  it('a poison event ends in the DLQ after exactly the configured attempts, at the backoff schedule; redrive delivers it once', async () => {
+    const b = await bus();
+    const calls: number[] = [];
+    const planned: number[] = [];
+    let poisoned = true;
+    b.subscribe(
+      'order.*',
+      () => {
+        calls.push(performance.now());
+        if (poisoned) throw new Error('poison');
+      },
+      {
+        middleware: [
+          createRetryMiddleware({
+            retryAttempts: 3,
+            retryDelay: 20,
+            maxRetryDelay: 200,
+            onRetry: (i) => planned.push(i.delayMs),
+          }),
+        ],
+      },
+    );
+    const e = await b.publish({ type: 'order.placed', agentId: 'shop', data: { sku: 'x' } });
+    const dlq = DeadLetterManager.of(b.deadLetters);
+    await waitFor(async () => (await dlq.depth()) === 1, 'the dead letter');
+    expect(calls).toHaveLength(4);
+    planned.forEach((d, i) => {
+      expect(d).toBeLessThan(20 * 2 ** i);
+      expect(calls[i + 1]! - calls[i]!).toBeGreaterThanOrEqual(d - 1);
+    });
+    const [dl] = await dlq.list();
+    expect(dl).toMatchObject({
+      reason: 'permanent',
+      event: { id: e.id, data: { sku: 'x' } },
+      error: { name: 'PermanentError' },
+    });
+    expect(await dlq.inspect(dl!.id)).toMatchObject({ id: dl!.id });
+    await expect(dlq.inspect('nope')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    poisoned = false;
+    expect(await dlq.redrive({ id: dl!.id })).toBe(1);
+    await waitFor(() => calls.length === 5, 'the redriven call');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(calls).toHaveLength(5);
+    expect(await dlq.depth()).toBe(0);
+    await expect(dlq.redrive({ pattern: 'bad..pattern' })).rejects.toMatchObject({ code: 'INVALID_PATTERN' });
+  });
+
+  it('a breaker opens after the threshold, fails fast, half-opens after the timeout and closes on success, losing nothing', async () => {
+    const b = await bus();
+    const states: string[] = [];
+    const circuitEvents: AgentEvent[] = [];
+    b.subscribe('system.circuit.*', (e) => void circuitEvents.push(e));
+    const breaker = createCircuitBreaker({
+      failureThreshold: 3,
+      recoveryTimeout: 150,
+      monitoringPeriod: 10_000,
+      errorThresholdPercentage: 50,
+      onStateChange: (_k, s) => states.push(s),
+    });
+    b.use(breaker);
+    let healthy = false;
+    let calls = 0;
+    const handled = new Set<number>();
+    b.subscribe(
+      'pay.*',
+      (e) => {
+        calls++;
+        if (!healthy) throw new Error('payment service down');
+        handled.add((e.data as { i: number }).i);
+      },
+      { retryAttempts: 1000, retryDelay: 5, maxRetryDelay: 20, maxConcurrency: 5 },
+    );
+    for (let i = 0; i < 10; i++) await b.publish({ type: 'pay.charge', agentId: 'a', data: { i } });
+    await waitFor(() => states.includes('open'), 'the circuit to open');
+    const callsWhenOpened = calls;
+    await new Promise((r) => setTimeout(r, 60));
+    expect(calls).toBe(callsWhenOpened); // open: fails fast, the handler is not called
+    healthy = true;
+    await waitFor(() => states.includes('half_open') && states.includes('closed'), 'half-open then closed');
+    await waitFor(() => handled.size === 10, 'every event handled', 10_000);
+    expect(await b.deadLetters!.count()).toBe(0);
+    await waitFor(() => circuitEvents.length >= 3, 'state change events');
+    expect(circuitEvents.map((e) => e.type)).toEqual(
+      expect.arrayContaining([CIRCUIT_EVENTS.open, CIRCUIT_EVENTS.half_open, CIRCUIT_EVENTS.closed]),
+    );
+    expect(circuitEvents[0]!.priority).toBe(EventPriority.HIGH);
+    expect(breaker.stats()[0]).toMatchObject({ state: 'closed' });
+  });
+
+  it('idempotency on a bus: an event published five times is handled once', async () => {
+    const b = await bus();
+    let handled = 0;
+    b.subscribe('dup.*', () => void handled++, { middleware: [createIdempotency()] });
+    const e = await b.publish({ type: 'dup.x', agentId: 'a', data: {} });
+    for (let i = 0; i < 4; i++) await b.publish({ ...e });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(handled).toBe(1);
+  });
+});

@@ -1,0 +1,219 @@
+import {
+  type AgentEvent,
+  type ConsumeContext,
+  type ConsumeFn,
+  type Delivery,
+  type Middleware,
+  type MiddlewareHost,
+  PermanentError,
+  RetryLaterError,
+} from '@qe/core';
+import { describe, expect, it } from 'vitest';
+import {
+  backoffDelay,
+  createBulkhead,
+  createIdempotency,
+  createRateLimiter,
+  createRetryMiddleware,
+  createTimeoutMiddleware,
+  MemoryTokenBuckets,
+} from '../src/index.js';
+
+// The middleware is the thing under test: it is called directly with a plain context.
+const event: AgentEvent = { id: 'e1', type: 'task.run', agentId: 'a1', timestamp: 1, priority: 2, data: {} };
+function ctx(over: Partial<ConsumeContext> = {}): ConsumeContext {
+  const delivery: Delivery = {
+    event,
+    attempt: 1,
+    publishedAt: 0,
+    ack() {},
+    nack() {},
+    async deadLetter() {},
+  };
+  return {
+    nodeId: 'n',
+    subscriptionId: 's1',
+    patterns: ['**'],
+    group: null,
+    attempt: 1,
+    maxAttempts: 1,
+    delivery,
+    ...over,
+  };
+}
+const host = (durable: boolean): MiddlewareHost => ({
+  nodeId: 'n',
+  transport: {
+    name: 'x',
+    capabilities: {
+      durable,
+      groups: true,
+      ordering: true,
+      replay: true,
+      priorities: true,
+      deadLetters: true,
+      crossProcess: true,
+    },
+  },
+  publish: async () => undefined,
+  on: () => undefined,
+});
+const wrap = (m: Middleware, fn: ConsumeFn, durable = false) => {
+  m.attach?.(host(durable));
+  return m.consume!(fn);
+};
+
+describe('backoff', () => {
+  it('is full jitter under an exponential ceiling', () => {
+    expect(backoffDelay(1, 100, 10_000, () => 0.999)).toBe(99);
+    expect(backoffDelay(3, 100, 10_000, () => 0.999)).toBe(399);
+    expect(backoffDelay(20, 100, 1000, () => 0.999)).toBe(999);
+    expect(backoffDelay(2, 100, 1000, () => 0)).toBe(0);
+  });
+});
+
+describe('retry middleware', () => {
+  it('retries with delays inside the backoff ceiling, then throws PermanentError with the cause', async () => {
+    const delays: number[] = [];
+    let calls = 0;
+    const fn = wrap(
+      createRetryMiddleware({
+        retryAttempts: 3,
+        retryDelay: 8,
+        maxRetryDelay: 100,
+        onRetry: (i) => delays.push(i.delayMs),
+      }),
+      () => {
+        calls++;
+        throw new Error('down');
+      },
+    );
+    const err = await Promise.resolve(fn(event, ctx())).catch((e) => e);
+    expect(calls).toBe(4);
+    expect(err).toBeInstanceOf(PermanentError);
+    expect((err as Error).cause).toMatchObject({ message: 'down' });
+    expect(delays).toHaveLength(3);
+    for (const [i, d] of delays.entries()) expect(d).toBeLessThan(8 * 2 ** i);
+  });
+
+  it('does not retry a PermanentError or what retryIf rejects', async () => {
+    let calls = 0;
+    const fn = wrap(
+      createRetryMiddleware({ retryAttempts: 5, retryDelay: 1, retryIf: (e) => e.message !== 'bad input' }),
+      () => {
+        calls++;
+        throw new Error('bad input');
+      },
+    );
+    await expect(Promise.resolve(fn(event, ctx()))).rejects.toBeInstanceOf(PermanentError);
+    expect(calls).toBe(1);
+  });
+
+  it('hands a long delay to a durable transport (nack) for a group delivery, postpones it otherwise', async () => {
+    const nacks: (number | undefined)[] = [];
+    const c = ctx({ group: 'g' });
+    (c.delivery as { nack: (d?: number) => void }).nack = (d) => void nacks.push(d);
+    const failing = () => {
+      throw new Error('slow dependency');
+    };
+    const m = { retryAttempts: 2, retryDelay: 10_000, maxRetryDelay: 10_000, scheduleAboveMs: 0 };
+    await wrap(createRetryMiddleware(m), failing, true)(event, c);
+    expect(nacks).toHaveLength(1);
+    await expect(
+      Promise.resolve(wrap(createRetryMiddleware(m), failing, false)(event, ctx())),
+    ).rejects.toBeInstanceOf(RetryLaterError);
+  });
+
+  it('rejects bad options by name', () => {
+    expect(() => createRetryMiddleware({ retryAttempts: -1 })).toThrow(/retryAttempts/);
+  });
+});
+
+describe('timeout and bulkhead', () => {
+  it('fails a slow call with TIMEOUT and lets a fast one through', async () => {
+    const slow = wrap(
+      createTimeoutMiddleware({ timeoutMs: 20 }),
+      () => new Promise((r) => setTimeout(r, 200)),
+    );
+    await expect(Promise.resolve(slow(event, ctx()))).rejects.toMatchObject({ code: 'TIMEOUT' });
+    const fast = wrap(createTimeoutMiddleware({ timeoutMs: 200 }), async () => 'ok');
+    await expect(Promise.resolve(fast(event, ctx()))).resolves.toBe('ok');
+    expect(() => createTimeoutMiddleware({ timeoutMs: 0 })).toThrow(/timeoutMs/);
+  });
+
+  it('caps concurrency, queues up to maxQueue, then applies the overflow policy and counts', async () => {
+    for (const overflow of ['fail', 'shed', 'retry-later'] as const) {
+      const b = createBulkhead({ maxConcurrent: 2, maxQueue: 1, overflow });
+      let running = 0;
+      let peak = 0;
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const fn = wrap(b, async () => {
+        peak = Math.max(peak, ++running);
+        await gate;
+        running--;
+      });
+      const calls = [0, 1, 2].map(() => Promise.resolve(fn(event, ctx())));
+      await new Promise((r) => setTimeout(r, 10));
+      const fourth = await Promise.resolve(fn(event, ctx())).then(
+        () => 'resolved',
+        (e: { code?: string }) => e.code,
+      );
+      expect(b.stats()).toMatchObject({ running: 2, queued: 1 });
+      if (overflow === 'fail') expect(fourth).toBe('QUEUE_FULL');
+      if (overflow === 'shed') expect([fourth, b.stats().shed]).toEqual(['resolved', 1]);
+      if (overflow === 'retry-later') expect(fourth).toBe('RETRY_LATER');
+      release();
+      await Promise.all(calls);
+      expect(peak).toBe(2);
+      expect(b.stats()).toMatchObject({ running: 0, queued: 0 });
+    }
+  });
+});
+
+describe('rate limiter and idempotency (in memory)', () => {
+  it('a token bucket allows maxEvents per window then says when to come back', async () => {
+    const buckets = new MemoryTokenBuckets();
+    const results = [];
+    for (let i = 0; i < 6; i++) results.push(await buckets.take('k', 5, 5 / 1000, 1));
+    expect(results.filter((r) => r.allowed)).toHaveLength(5);
+    expect(results[5]!.retryAfterMs).toBeGreaterThan(0);
+    expect(results[5]!.retryAfterMs).toBeLessThanOrEqual(200);
+  });
+
+  it('fail mode throws RATE_LIMITED with a retry-after; wait mode postpones the event', async () => {
+    const failing = wrap(createRateLimiter({ windowMs: 60_000, maxEvents: 1, mode: 'fail' }), () => 'ok');
+    expect(await failing(event, ctx())).toBe('ok');
+    await expect(Promise.resolve(failing(event, ctx()))).rejects.toMatchObject({
+      code: 'RATE_LIMITED',
+      retryAfterMs: expect.any(Number),
+    });
+    const waiting = wrap(createRateLimiter({ windowMs: 60_000, maxEvents: 1 }), () => 'ok');
+    expect(await waiting(event, ctx())).toBe('ok');
+    await expect(Promise.resolve(waiting(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+  });
+
+  it('idempotency handles a key once, lets a failed attempt be retried, postpones a concurrent one', async () => {
+    const idem = createIdempotency({ windowMs: 60_000 });
+    let calls = 0;
+    let fail = true;
+    const fn = wrap(idem, async () => {
+      calls++;
+      if (fail) throw new Error('first try fails');
+    });
+    await expect(Promise.resolve(fn(event, ctx()))).rejects.toThrow('first try fails');
+    fail = false;
+    await fn(event, ctx());
+    await fn(event, ctx());
+    await fn(event, ctx());
+    expect(calls).toBe(2);
+    expect(idem.stats()).toMatchObject({ handled: 1, duplicates: 2 });
+    let release!: () => void;
+    const slow = wrap(createIdempotency(), () => new Promise<void>((r) => (release = r)));
+    const first = Promise.resolve(slow(event, ctx()));
+    await new Promise((r) => setTimeout(r, 5));
+    await expect(Promise.resolve(slow(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+    release();
+    await first;
+  });
+});
