@@ -223,7 +223,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     re: /^[^\s{}]{1,128}$/,
     accepted: '1-128 characters without spaces or braces, e.g. qe:eventbus',
   });
-  const batchSize = int('EVENTBUS_BATCH_SIZE', 100, 1, 10_000, ' (events)');
+  const batchSize = int('EVENTBUS_BATCH_SIZE', 500, 1, 10_000, ' (events)');
   const batchTimeoutMs = int('EVENTBUS_BATCH_TIMEOUT', 1000, 1, 60_000, ' (ms)');
   const monitoringEnabled = bool('MONITORING_ENABLED', true);
   const metricsIntervalMs = int('METRICS_COLLECTION_INTERVAL', 1000, 100, 3_600_000, ' (ms)');

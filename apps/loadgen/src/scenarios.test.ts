@@ -36,13 +36,19 @@ describe('stress plan', () => {
   const params = { ...scenarioDefaults('stress'), rate: 1000, stepFactor: 2, p99BudgetMs: 5 };
   const next = planFor('stress', params);
 
-  it('ramps while steps pass, confirms a failed step once, then stops', () => {
+  it('ramps while steps pass, confirms a failed step once, stops after two failed rates or a fall-behind', () => {
     expect(next([])).toEqual({ rate: 1000, durationMs: 5000 });
     expect(next([phase(1000, 2)])?.rate).toBe(2000);
     expect(next([phase(1000, 2), phase(2000, 9)])?.rate).toBe(2000); // confirm
     expect(next([phase(1000, 2), phase(2000, 9), phase(2000, 3)])?.rate).toBe(4000); // it was a blip
-    expect(next([phase(1000, 2), phase(2000, 9), phase(2000, 9)])).toBeNull();
-    expect(next([phase(1000, 2), phase(2000, 2, 5)])).toBeNull(); // loss is never retried
+    // 2000 failed twice but 1000 passed: try 4000
+    expect(next([phase(1000, 2), phase(2000, 9), phase(2000, 9)])?.rate).toBe(4000);
+    expect(next([phase(1000, 2), phase(2000, 9), phase(2000, 9), phase(4000, 9)])?.rate).toBe(4000);
+    // two consecutive failed rates: stop
+    expect(next([phase(1000, 2), phase(2000, 9), phase(2000, 9), phase(4000, 9), phase(4000, 9)])).toBeNull();
+    // a noisy first rate does not end the search by itself
+    expect(next([phase(1000, 9), phase(1000, 9)])?.rate).toBe(2000);
+    expect(next([phase(1000, 2), phase(2000, 2, 5)])).toBeNull(); // loss ends it at once
   });
 
   it('reports the best passing step against the 10,000 events/s target', () => {

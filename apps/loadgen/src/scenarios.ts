@@ -63,10 +63,13 @@ export function stepPassed(r: PhaseResult, p: ScenarioParams): boolean {
 }
 
 /**
- * The phase plan: one phase, or stress's ramp until a step fails. A failed
- * step is run once more at the same rate before the ramp stops, because this
- * machine pauses every process for 10-15 ms at random moments and one pause
- * can push a short step's p99 over a tight budget; both attempts are reported.
+ * The phase plan: one phase, or stress's ramp. A step that loses events or
+ * falls behind the schedule ends the ramp. A step that keeps up but misses
+ * the p99 budget is run once more at the same rate (this machine pauses every
+ * process for 10-15 ms at random moments; one pause can push a short step's
+ * p99 over a tight budget); if that fails too, the rate counts as failed and
+ * the ramp goes on, ending after two consecutive failed rates. Every attempt
+ * is reported; the verdict takes the highest passing step.
  */
 export function planFor(
   name: ScenarioName,
@@ -74,16 +77,22 @@ export function planFor(
 ): (done: readonly PhaseResult[]) => PhaseSpec | null {
   if (name !== 'stress')
     return (done) => (done.length === 0 ? { rate: p.rate, durationMs: p.durationMs } : null);
+  const step = (rate: number) => {
+    const next = Math.round(rate * p.stepFactor);
+    return next > p.maxRate ? null : { rate: next, durationMs: p.durationMs };
+  };
   return (done) => {
     if (done.length === 0) return { rate: p.rate, durationMs: p.durationMs };
     const last = done[done.length - 1]!;
-    if (!stepPassed(last, p)) {
-      const prev = done[done.length - 2];
-      const retried = prev !== undefined && prev.spec.rate === last.spec.rate;
-      return retried || last.counts.lost > 0 ? null : { rate: last.spec.rate, durationMs: p.durationMs };
-    }
-    const next = Math.round(last.spec.rate * p.stepFactor);
-    return next > p.maxRate ? null : { rate: next, durationMs: p.durationMs };
+    if (stepPassed(last, p)) return step(last.spec.rate);
+    if (!keptUp(last)) return null;
+    const atRate = done.filter((r) => r.spec.rate === last.spec.rate);
+    if (atRate.length < 2) return { rate: last.spec.rate, durationMs: p.durationMs };
+    // this rate failed twice: stop if the rate below it failed as well
+    const lower = done.filter((r) => r.spec.rate < last.spec.rate);
+    const below = lower.length === 0 ? undefined : Math.max(...lower.map((r) => r.spec.rate));
+    const belowFailed = below !== undefined && !done.some((r) => r.spec.rate === below && stepPassed(r, p));
+    return belowFailed ? null : step(last.spec.rate);
   };
 }
 
