@@ -105,8 +105,17 @@ describe('createBroker', () => {
       expect(await redrive.json()).toEqual({ redriven: 1 });
       await new Promise((r) => setTimeout(r, 50));
       expect(calls).toBe(3);
-      const purge = await fetch(`${broker.url}/dead-letters`, { method: 'DELETE' });
-      expect(await purge.json()).toEqual({ purged: 1 });
+      const byPattern = await fetch(`${broker.url}/dead-letters/purge`, {
+        method: 'POST',
+        body: JSON.stringify({ pattern: 'job.*' }),
+      });
+      expect(await byPattern.json()).toEqual({ purged: 1 });
+      expect((await fetch(`${broker.url}/dead-letters/${one.id}`)).status).toBe(404);
+      const bad = await fetch(`${broker.url}/dead-letters/purge`, {
+        method: 'POST',
+        body: '{"pattern": "a..b"}',
+      });
+      expect(bad.status).toBe(400);
       expect((await fetch(`${broker.url}/dead-letters?limit=0`)).status).toBe(400);
     } finally {
       await broker.stop();
@@ -128,6 +137,36 @@ describe('createBroker', () => {
       expect(await (await fetch(`${broker.url}/metrics`)).text()).toMatch(
         /qe_eventbus_events_published_total\{[^}]*\} 1/,
       );
+    } finally {
+      await broker.stop();
+    }
+  });
+
+  it('opens a circuit around a handler that keeps failing, and the dashboard shows it', async () => {
+    const broker = createBroker(
+      config({ CIRCUIT_FAILURE_THRESHOLD: '3', CIRCUIT_RECOVERY_TIMEOUT: '60000' }),
+    );
+    await broker.start();
+    try {
+      let calls = 0;
+      const sub = broker.bus.subscribe(
+        'payment.*',
+        () => {
+          calls++;
+          throw new Error('downstream is down');
+        },
+        { retryAttempts: 0 },
+      );
+      await sub.ready;
+      for (let i = 0; i < 10; i++)
+        await broker.bus.publish({ type: 'payment.charge', agentId: 'a', data: { i } });
+      await new Promise((r) => setTimeout(r, 100));
+      const circuits = broker.monitor.snapshot().circuits;
+      const mine = circuits.find((c) => c.name.startsWith('payment.*'));
+      expect(mine?.state).toBe('open');
+      expect(mine?.source).toBe('circuit-breaker');
+      expect(calls).toBeLessThan(10); // while open, events wait instead of hitting the handler
+      expect(circuits.find((c) => c.name.startsWith('**'))?.state).toBe('closed'); // the monitor is unaffected
     } finally {
       await broker.stop();
     }

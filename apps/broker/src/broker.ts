@@ -12,6 +12,7 @@ import {
   ValidationError,
 } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
+import { createCircuitBreaker, DeadLetterManager, type DeadLetterSelector } from '@qe/reliability';
 import { type BrokerConfig, redactConfig } from './config.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
@@ -103,26 +104,28 @@ function readJsonBody(req: IncomingMessage): Promise<unknown> {
   });
 }
 
-function selectorFrom(body: unknown): { ids?: string[]; pattern?: string; limit?: number } {
+/** A dead-letter selector from a request body: `{ "ids": [...] }`, `{ "pattern": "task.*" }` or `{ "all": true }`. */
+function selectorFrom(body: unknown): DeadLetterSelector {
   if (body === null || typeof body !== 'object' || Array.isArray(body))
-    throw new ValidationError('body', 'must be a JSON object like {"ids": [...]} or {"pattern": "task.*"}');
+    throw new ValidationError(
+      'body',
+      'must be a JSON object: {"ids": [...]}, {"pattern": "task.*"} or {"all": true}',
+    );
   const b = body as Record<string, unknown>;
-  const out: { ids?: string[]; pattern?: string; limit?: number } = {};
   if (b.ids !== undefined) {
     if (!Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string'))
       throw new ValidationError('ids', 'must be an array of dead-letter ids (strings)');
-    out.ids = b.ids as string[];
+    return { ids: b.ids as string[] };
   }
   if (b.pattern !== undefined) {
     if (typeof b.pattern !== 'string') throw new ValidationError('pattern', 'must be a string pattern');
-    out.pattern = b.pattern;
+    return { pattern: b.pattern };
   }
-  if (b.limit !== undefined) {
-    if (typeof b.limit !== 'number' || !Number.isInteger(b.limit) || b.limit < 1)
-      throw new ValidationError('limit', 'must be an integer >= 1');
-    out.limit = b.limit;
-  }
-  return out;
+  if (b.all === true) return { all: true };
+  throw new ValidationError(
+    'body',
+    'name what to act on: {"ids": [...]}, {"pattern": "task.*"} or {"all": true}',
+  );
 }
 
 /** The transport the configuration describes: memory by default, Redis Streams (single or cluster) when configured. */
@@ -154,11 +157,21 @@ export function createTransport(config: BrokerConfig): Transport {
 export function createBroker(config: BrokerConfig, options: CreateBrokerOptions = {}): Broker {
   const logger = options.logger ?? noopLogger;
   const transport = options.transport ?? createTransport(config);
+  const cb = config.circuitBreaker;
+  const breaker = cb.enabled
+    ? createCircuitBreaker({
+        failureThreshold: cb.failureThreshold,
+        recoveryTimeout: cb.recoveryTimeoutMs,
+        monitoringPeriod: cb.monitoringPeriodMs,
+        onStateChange: (key, state) => logger.warn('circuit state changed', { circuit: key, state }),
+      })
+    : null;
   const bus = new QEEventBus({
     nodeId: config.nodeId,
     transport,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    ...(breaker ? { middleware: [breaker] } : {}),
   });
   bus.on('error', (err: Error) =>
     logger.error(err.message, { code: (err as { code?: string }).code, component: 'bus' }),
@@ -173,6 +186,20 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     enabled: config.monitoringEnabled,
     logger,
   });
+
+  if (breaker) {
+    monitor.addSource({
+      name: 'circuit-breaker',
+      circuits: () => {
+        const subs = new Map(bus.getSubscriberStats().subscribers.map((s) => [s.id, s.patterns.join(', ')]));
+        return breaker.stats().map((s) => ({
+          name: subs.has(s.key) ? `${subs.get(s.key)} (${s.key})` : s.key,
+          state: s.state,
+          failures: s.failures,
+        }));
+      },
+    });
+  }
 
   let stopping = false;
   let stopPromise: Promise<StopResult> | null = null;
@@ -235,51 +262,44 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     req: IncomingMessage,
     res: ServerResponse,
   ): Promise<void> => {
-    const store = bus.deadLetters;
-    if (!store)
-      throw new EventBusError('UNSUPPORTED', `transport ${bus.transport.name} keeps no dead letters`);
+    const dl = DeadLetterManager.of(bus.deadLetters);
     if (method === 'GET' && path === '/dead-letters') {
       const limitS = u.searchParams.get('limit');
       const limit = limitS === null ? 100 : Number(limitS);
-      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000)
-        throw new ValidationError('limit', 'must be an integer from 1 to 10000');
       const pattern = u.searchParams.get('pattern') ?? undefined;
       const after = u.searchParams.get('after') ?? undefined;
-      const items = await store.list({
+      const items = await dl.list({
         limit,
         ...(pattern === undefined ? {} : { pattern }),
         ...(after === undefined ? {} : { after }),
       });
-      sendJson(res, 200, { count: await store.count(), items });
+      sendJson(res, 200, { count: await dl.depth(), items });
       return;
     }
     if (method === 'POST' && path === '/dead-letters/redrive') {
-      const sel = selectorFrom(await readJsonBody(req));
-      const n = await store.redrive(sel);
+      const n = await dl.redrive(selectorFrom(await readJsonBody(req)));
       logger.info('dead letters redriven', { count: n });
       sendJson(res, 200, { redriven: n });
       return;
     }
-    if (
-      (method === 'POST' && path === '/dead-letters/purge') ||
-      (method === 'DELETE' && path === '/dead-letters')
-    ) {
-      const sel = selectorFrom(await readJsonBody(req));
-      const n = await store.purge(sel);
+    if (method === 'POST' && path === '/dead-letters/purge') {
+      const n = await dl.purge(selectorFrom(await readJsonBody(req)));
       logger.info('dead letters purged', { count: n });
       sendJson(res, 200, { purged: n });
       return;
     }
     const m = /^\/dead-letters\/([^/]+)$/.exec(path);
     if (m && method === 'GET') {
-      const dl = await store.get(decodeURIComponent(m[1]!));
-      if (!dl) sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no dead letter ${m[1]}` } });
-      else sendJson(res, 200, dl);
+      sendJson(res, 200, await dl.inspect(decodeURIComponent(m[1]!)));
       return;
     }
     if (m && method === 'DELETE') {
-      const n = await store.purge({ ids: [decodeURIComponent(m[1]!)] });
-      sendJson(res, n === 0 ? 404 : 200, { purged: n });
+      sendJson(res, 200, { purged: await dl.purge({ id: decodeURIComponent(m[1]!) }) });
+      return;
+    }
+    const one = /^\/dead-letters\/([^/]+)\/redrive$/.exec(path);
+    if (one && method === 'POST') {
+      sendJson(res, 200, { redriven: await dl.redrive({ id: decodeURIComponent(one[1]!) }) });
       return;
     }
     sendJson(res, 405, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${path}` } });

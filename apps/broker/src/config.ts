@@ -27,6 +27,13 @@ export interface BrokerConfig {
   logLevel: LogLevel;
   /** Where the WebSocket gateway listens when it cannot share the HTTP server; 0 = a free port. */
   wsPort: number;
+  /** Spec 000's circuit breaker around every handler on the broker's bus (`@qe/reliability`). */
+  circuitBreaker: {
+    enabled: boolean;
+    failureThreshold: number;
+    recoveryTimeoutMs: number;
+    monitoringPeriodMs: number;
+  };
 }
 
 /** Every setting problem found, each naming the setting and the values it accepts. */
@@ -65,6 +72,10 @@ export const CONFIG_FILE_KEYS = {
   shutdownTimeout: 'SHUTDOWN_TIMEOUT',
   logLevel: 'LOG_LEVEL',
   wsPort: 'WS_PORT',
+  circuitBreakerEnabled: 'CIRCUIT_BREAKER_ENABLED',
+  circuitFailureThreshold: 'CIRCUIT_FAILURE_THRESHOLD',
+  circuitRecoveryTimeout: 'CIRCUIT_RECOVERY_TIMEOUT',
+  circuitMonitoringPeriod: 'CIRCUIT_MONITORING_PERIOD',
 } as const;
 
 type FileKey = keyof typeof CONFIG_FILE_KEYS;
@@ -240,6 +251,12 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
       );
   }
 
+  const circuitBreaker = {
+    enabled: bool('CIRCUIT_BREAKER_ENABLED', true),
+    failureThreshold: int('CIRCUIT_FAILURE_THRESHOLD', 10, 1, 1_000_000, ' (failures)'),
+    recoveryTimeoutMs: int('CIRCUIT_RECOVERY_TIMEOUT', 60_000, 1, 3_600_000, ' (ms)'),
+    monitoringPeriodMs: int('CIRCUIT_MONITORING_PERIOD', 30_000, 1, 3_600_000, ' (ms)'),
+  };
   const redis = readRedis(raw, problems);
 
   if (problems.length > 0) throw new BrokerConfigError(problems);
@@ -258,6 +275,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     shutdownTimeoutMs,
     logLevel,
     wsPort,
+    circuitBreaker,
   };
 }
 

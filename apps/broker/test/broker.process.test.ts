@@ -63,7 +63,9 @@ describe('broker process (memory transport, no configuration)', () => {
     expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('VALIDATION');
     const notJson = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{oops' });
     expect(notJson.status).toBe(400);
-    const purge = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{}' });
+    const vague = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{}' });
+    expect(vague.status).toBe(400); // purging everything must be asked for explicitly
+    const purge = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{"all": true}' });
     expect(await purge.json()).toEqual({ purged: 0 });
     expect((await fetch(`${b.url}/nowhere`)).status).toBe(404);
 

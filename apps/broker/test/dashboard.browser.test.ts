@@ -24,6 +24,7 @@ describe('dashboard in headless Chromium', () => {
           HOST: '127.0.0.1',
           PORT: '0',
           SERVICE_NAME: 'dashboard-test',
+          CIRCUIT_FAILURE_THRESHOLD: '5',
           METRICS_COLLECTION_INTERVAL: '250',
         },
       }),
@@ -76,7 +77,7 @@ describe('dashboard in headless Chromium', () => {
               data: { n },
               priority: (n % 5) as 0,
             });
-          if (n % 400 === 0) batch.push({ type: 'task.fail', agentId: 'agent-x', data: { n } });
+          if (n % 200 === 0) batch.push({ type: 'task.fail', agentId: 'agent-x', data: { n } });
           await broker.bus.publishBatch(batch);
           await new Promise((r) => setTimeout(r, 10));
         }
@@ -106,7 +107,9 @@ describe('dashboard in headless Chromium', () => {
       expect(priorities).toEqual(['critical', 'high', 'normal', 'low', 'bulk']);
       expect(await page.textContent('#dead')).toContain('simulated handler failure');
       expect(await page.textContent('#lag')).toContain('bus queue');
-      expect(await page.textContent('#circuits')).toContain('no circuit breakers configured');
+      // the failing handler's circuit opens (threshold 5); the monitor's stays closed
+      await page.waitForSelector('#circuits .state.open');
+      expect(await page.textContent('#circuits')).toContain('task.fail');
       expect(Number(await page.textContent('#t-conn'))).toBeGreaterThan(0);
 
       await new Promise((r) => setTimeout(r, 2500)); // a few more samples on the charts
