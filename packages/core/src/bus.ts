@@ -1244,7 +1244,9 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   private deliverySettled(): void {
     this.queued--;
-    if (this.waiters.length > 0 && this.queued < this.maxQueue) for (const w of this.waiters.splice(0)) w();
+    // wake as many waiting publishers as there are free places, not all of them (no thundering herd)
+    for (let free = this.maxQueue - this.queued; free > 0 && this.waiters.length > 0; free--)
+      this.waiters.shift()!();
     if (this.queued === 0 && this.idleWaiters.length > 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 

@@ -34,6 +34,15 @@ describe('LatencyHistogram', () => {
     expect(h.snapshot().max).toBeGreaterThan(2_000_000);
   });
 
+  it('counts values at or below a bound, for cumulative buckets', () => {
+    const h = new LatencyHistogram();
+    for (const v of [0.01, 0.05, 0.5, 1, 2, 10, 100]) h.recordMs(v);
+    expect(h.countAtOrBelowMs(0.05)).toBe(2);
+    expect(h.countAtOrBelowMs(1)).toBe(4);
+    expect(h.countAtOrBelowMs(50)).toBe(6);
+    expect(h.countAtOrBelowMs(1e9)).toBe(7);
+  });
+
   it('a windowed histogram forgets rotated-out slots', () => {
     const w = new WindowedHistogram(2);
     w.recordMs(100);

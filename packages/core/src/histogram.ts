@@ -84,6 +84,20 @@ export class LatencyHistogram {
     if (other.maxUs > this.maxUs) this.maxUs = other.maxUs;
   }
 
+  /**
+   * How many recorded values are at most `ms` (by bucket: exact below 128 µs,
+   * within 1/64 above). For exporting as cumulative `le` buckets.
+   */
+  countAtOrBelowMs(ms: number): number {
+    const limitUs = ms * 1000;
+    let n = 0;
+    for (let i = 0; i < this.counts.length; i++) {
+      if (lowerBoundOf(i) > limitUs) break; // a bucket counts when it starts at or below the bound
+      n += this.counts[i]!;
+    }
+    return n;
+  }
+
   /** The value (ms) at or below which `q` (0..1) of recorded values lie. 0 when empty. */
   quantileMs(q: number): number {
     if (this.count === 0) return 0;
