@@ -11,14 +11,16 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-# Tools that tests drive: headless Chromium (browser tests), curl (HTTP/2 tests), openssl (TLS certs).
+# Tools that tests drive: headless Chromium (browser tests), curl (HTTP/2 tests), openssl (TLS certs),
+# promtool (Prometheus exposition check).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool checks the metrics exposition
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "[qe] installing ${missing[*]} from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >&2
+  apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 exit 0
