@@ -174,24 +174,29 @@ export function verdict(name: ScenarioName, results: readonly PhaseResult[], p: 
         pass: h.spec.durationMs >= SPEC_TARGETS.sustainedMs,
       });
   }
-  checks.push({
-    name: 'average latency',
-    target: `< ${SPEC_TARGETS.avgMs} ms`,
-    actual: `${fmt(snap.mean, 2)} ms`,
-    pass: snap.mean < SPEC_TARGETS.avgMs,
-  });
-  checks.push({
-    name: 'p95 latency',
-    target: `< ${SPEC_TARGETS.p95Ms} ms`,
-    actual: `${fmt(snap.p95, 2)} ms`,
-    pass: snap.p95 < SPEC_TARGETS.p95Ms,
-  });
-  checks.push({
-    name: 'p99 latency',
-    target: `< ${SPEC_TARGETS.p99Ms} ms`,
-    actual: `${fmt(snap.p99, 2)} ms`,
-    pass: snap.p99 < SPEC_TARGETS.p99Ms,
-  });
+  // max-throughput mode queues up to --max-in-flight sends on purpose, so its
+  // latencies measure that queue; spec 000's latency targets are judged by the
+  // open-loop scenarios (the table still shows them)
+  if (name !== 'throughput') {
+    checks.push({
+      name: 'average latency',
+      target: `< ${SPEC_TARGETS.avgMs} ms`,
+      actual: `${fmt(snap.mean, 2)} ms`,
+      pass: snap.mean < SPEC_TARGETS.avgMs,
+    });
+    checks.push({
+      name: 'p95 latency',
+      target: `< ${SPEC_TARGETS.p95Ms} ms`,
+      actual: `${fmt(snap.p95, 2)} ms`,
+      pass: snap.p95 < SPEC_TARGETS.p95Ms,
+    });
+    checks.push({
+      name: 'p99 latency',
+      target: `< ${SPEC_TARGETS.p99Ms} ms`,
+      actual: `${fmt(snap.p99, 2)} ms`,
+      pass: snap.p99 < SPEC_TARGETS.p99Ms,
+    });
+  }
   const rss = Math.max(...results.map((r) => Math.max(r.rss.producerMax, r.rss.consumerMax)));
   checks.push({
     name: 'memory (RSS, largest process)',

@@ -71,7 +71,10 @@ describe('scenarios against the in-process bus (short runs; counts, never speed)
       expect(json.scenario).toBe(scenario);
       expect(json.runs[0]!.phases[0]!.counts.lost).toBe(0);
       expect(json.runs[0]!.phases[0]!.latencyMs.count).toBe(phase.counts.unique);
-      expect(json.runs[0]!.checks.map((c) => c.name)).toContain('p99 latency');
+      const names = json.runs[0]!.checks.map((c) => c.name);
+      // max-throughput latencies are queueing by design: judged only by the open-loop scenarios
+      if (scenario === 'throughput') expect(names).not.toContain('p99 latency');
+      else expect(names).toContain('p99 latency');
       if (scenario === 'sustained')
         expect(json.runs[0]!.checks.find((c) => c.name === 'sustained duration')?.pass).toBe(false); // shortened run says so
     },
