@@ -1,1 +1,7 @@
-export {};
+export {
+  createWebSocketGateway,
+  type WebSocketGateway,
+  type WebSocketGatewayOptions,
+  type WebSocketGatewayStats,
+} from './createWebSocketGateway.js';
+export { CLIENT_OPS, type ClientMessage } from './protocol.js';

@@ -1,0 +1,14 @@
+export { createTokenVerifier, extractToken, type JwtConfig, type VerifiedToken } from './jwt.js';
+export { patternIsSubset, patternsIntersect } from './patterns.js';
+export {
+  ALLOW_ALL,
+  assertPublish,
+  assertSubscribe,
+  canPublish,
+  canSubscribe,
+  DENY_ALL,
+  type PatternRules,
+  type Permissions,
+  permissionsFromClaims,
+} from './permissions.js';
+export { parseJsonSafe } from './safeJson.js';

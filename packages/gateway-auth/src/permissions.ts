@@ -1,0 +1,83 @@
+import { compilePattern, ForbiddenError, ValidationError, validatePattern } from '@qe/core';
+import { patternIsSubset, patternsIntersect } from './patterns.js';
+
+/** NATS-style allow and deny lists of patterns. Deny wins. */
+export interface PatternRules {
+  allow?: string[];
+  deny?: string[];
+}
+
+export interface Permissions {
+  publish: PatternRules;
+  subscribe: PatternRules;
+}
+
+/** Nothing allowed. */
+export const DENY_ALL: Permissions = Object.freeze({ publish: { allow: [] }, subscribe: { allow: [] } });
+/** Everything allowed. */
+export const ALLOW_ALL: Permissions = Object.freeze({
+  publish: { allow: ['**'] },
+  subscribe: { allow: ['**'] },
+});
+
+function rules(v: unknown, field: string): PatternRules {
+  if (v === undefined) return { allow: [] };
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new ValidationError(field, 'must be { allow?, deny? }');
+  const o = v as Record<string, unknown>;
+  const list = (x: unknown, f: string): string[] => {
+    if (x === undefined) return [];
+    if (!Array.isArray(x) || x.some((p) => typeof p !== 'string'))
+      throw new ValidationError(f, 'must be an array of patterns');
+    for (const p of x) validatePattern(p);
+    return x as string[];
+  };
+  return { allow: list(o.allow, `${field}.allow`), deny: list(o.deny, `${field}.deny`) };
+}
+
+/**
+ * Reads permissions from token claims: `{ pub: { allow, deny }, sub: { allow, deny } }`
+ * under `claim` (default `qe`), as NATS user JWTs do. Absent claims give `fallback`.
+ */
+export function permissionsFromClaims(
+  claims: Record<string, unknown>,
+  claim = 'qe',
+  fallback: Permissions = DENY_ALL,
+): Permissions {
+  const c = claims[claim];
+  if (c === undefined) return fallback;
+  if (typeof c !== 'object' || c === null)
+    throw new ValidationError(claim, 'must be an object with pub and sub');
+  const o = c as Record<string, unknown>;
+  return { publish: rules(o.pub, `${claim}.pub`), subscribe: rules(o.sub, `${claim}.sub`) };
+}
+
+/** May this principal publish an event of `type`? Deny wins over allow. */
+export function canPublish(p: Permissions, type: string): boolean {
+  if ((p.publish.deny ?? []).some((d) => compilePattern(d).matches(type))) return false;
+  return (p.publish.allow ?? []).some((a) => compilePattern(a).matches(type));
+}
+
+/**
+ * May this principal subscribe to `pattern`? Only if the whole pattern lies
+ * inside one allowed pattern and touches no denied one: a subscription wider
+ * than allowed is refused, never silently narrowed.
+ */
+export function canSubscribe(p: Permissions, pattern: string): boolean {
+  if ((p.subscribe.deny ?? []).some((d) => patternsIntersect(pattern, d))) return false;
+  return (p.subscribe.allow ?? []).some((a) => patternIsSubset(pattern, a));
+}
+
+export function assertPublish(p: Permissions, type: string): void {
+  if (!canPublish(p, type)) throw new ForbiddenError(`not allowed to publish ${type}`, { details: { type } });
+}
+
+export function assertSubscribe(p: Permissions, pattern: string): void {
+  if (!canSubscribe(p, pattern))
+    throw new ForbiddenError(
+      `not allowed to subscribe to ${pattern} (wider than allowed or touching a denied pattern)`,
+      {
+        details: { pattern },
+      },
+    );
+}

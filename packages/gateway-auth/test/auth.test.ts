@@ -1,0 +1,168 @@
+import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
+import { describe, expect, it } from 'vitest';
+import {
+  canPublish,
+  canSubscribe,
+  createTokenVerifier,
+  extractToken,
+  parseJsonSafe,
+  patternIsSubset,
+  patternsIntersect,
+  permissionsFromClaims,
+} from '../src/index.js';
+
+const SECRET = 'a-test-secret-that-is-long-enough-123456';
+const hs = (claims: Record<string, unknown>, exp: string | number = '5m') =>
+  new SignJWT(claims)
+    .setProtectedHeader({ alg: 'HS256' })
+    .setIssuedAt()
+    .setExpirationTime(exp)
+    .sign(new TextEncoder().encode(SECRET));
+const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+
+describe('JWT verification', () => {
+  const verify = createTokenVerifier({
+    algorithms: ['HS256'],
+    secret: SECRET,
+    issuer: 'qe',
+    audience: 'bus',
+  });
+
+  it('accepts a good token and returns subject, claims and expiry', async () => {
+    const t = await hs({ sub: 'agent-7', iss: 'qe', aud: 'bus' });
+    const v = await verify(t);
+    expect(v.subject).toBe('agent-7');
+    expect(v.expiresAt).toBeGreaterThan(Date.now());
+  });
+
+  it.each([
+    [
+      'expired',
+      async () => hs({ sub: 'x', iss: 'qe', aud: 'bus' }, Math.floor(Date.now() / 1000) - 60),
+      /expired/,
+    ],
+    ['wrong audience', async () => hs({ sub: 'x', iss: 'qe', aud: 'other' }), /aud/],
+    ['wrong issuer', async () => hs({ sub: 'x', iss: 'evil', aud: 'bus' }), /iss/],
+    [
+      'no exp',
+      async () =>
+        new SignJWT({ sub: 'x', iss: 'qe', aud: 'bus' })
+          .setProtectedHeader({ alg: 'HS256' })
+          .sign(new TextEncoder().encode(SECRET)),
+      /exp/,
+    ],
+    [
+      'alg none',
+      async () =>
+        `${b64({ alg: 'none', typ: 'JWT' })}.${b64({ sub: 'x', iss: 'qe', aud: 'bus', exp: 9999999999 })}.`,
+      /not allowed|malformed/,
+    ],
+    ['garbage', async () => 'not.a.jwt', /malformed/],
+    [
+      'bad signature',
+      async () =>
+        new SignJWT({ sub: 'x', iss: 'qe', aud: 'bus' })
+          .setProtectedHeader({ alg: 'HS256' })
+          .setExpirationTime('5m')
+          .sign(new TextEncoder().encode('another-secret-that-is-long-enough-999')),
+      /bad signature/,
+    ],
+  ])('refuses %s with UNAUTHORIZED', async (_name, make, why) => {
+    const err = await verify(await make()).catch((e) => e);
+    expect(err).toMatchObject({ code: 'UNAUTHORIZED' });
+    expect(err.message).toMatch(why);
+  });
+
+  it('refuses HS/RS confusion: an HS256 token signed with the RSA public key is rejected by an RS256 verifier', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('RS256');
+    const pem = await exportSPKI(publicKey);
+    const verifyRs = createTokenVerifier({ algorithms: ['RS256'], publicKey: pem });
+    const good = await new SignJWT({ sub: 'ok' })
+      .setProtectedHeader({ alg: 'RS256' })
+      .setExpirationTime('5m')
+      .sign(privateKey);
+    expect((await verifyRs(good)).subject).toBe('ok');
+    const forged = await new SignJWT({ sub: 'mallory' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setExpirationTime('5m')
+      .sign(new TextEncoder().encode(pem));
+    await expect(verifyRs(forged)).rejects.toMatchObject({
+      code: 'UNAUTHORIZED',
+      message: expect.stringMatching(/not allowed/),
+    });
+  });
+
+  it('refuses dangerous configurations at start', () => {
+    expect(() => createTokenVerifier({ algorithms: ['HS256', 'RS256'], secret: SECRET })).toThrow(
+      /do not mix/,
+    );
+    expect(() => createTokenVerifier({ algorithms: ['none'] })).toThrow(/unsupported/);
+    expect(() => createTokenVerifier({ algorithms: [] })).toThrow(/pin/);
+    expect(() => createTokenVerifier({ algorithms: ['HS256'], secret: 'short' })).toThrow(/32/);
+    expect(() => createTokenVerifier({ algorithms: ['RS256'] })).toThrow(/public key/);
+  });
+
+  it('finds the token in a header, a subprotocol or the query', () => {
+    expect(extractToken({ authorization: 'Bearer abc' })).toBe('abc');
+    expect(extractToken({ 'sec-websocket-protocol': 'qe.v1, bearer.xyz' })).toBe('xyz');
+    expect(extractToken({}, '/events?token=q1')).toBe('q1');
+    expect(extractToken({})).toBeUndefined();
+  });
+});
+
+describe('permissions (NATS style)', () => {
+  it('subset and intersection of patterns', () => {
+    const subset: [string, string, boolean][] = [
+      ['task.create', 'task.*', true],
+      ['task.*', 'task.**', true],
+      ['task.**', 'task.*', false],
+      ['**', 'task.**', false],
+      ['*', '**', true],
+      ['task.*.done', 'task.**', true],
+      ['agent.a.b', 'agent.*.b', true],
+      ['agent.*.b', 'agent.a.b', false],
+      ['a.**.z', 'a.**', true],
+    ];
+    for (const [inner, outer, want] of subset)
+      expect([inner, outer, patternIsSubset(inner, outer)]).toEqual([inner, outer, want]);
+    const meet: [string, string, boolean][] = [
+      ['task.*', 'task.create', true],
+      ['task.*', 'agent.*', false],
+      ['**', 'secret.x', true],
+      ['a.*.c', 'a.b.*', true],
+      ['a.**', 'b.**', false],
+      ['a.**.z', 'a.b.c.z', true],
+    ];
+    for (const [x, y, want] of meet) expect([x, y, patternsIntersect(x, y)]).toEqual([x, y, want]);
+  });
+
+  it('deny wins, and a subscription wider than allowed is refused, not narrowed', () => {
+    const p = permissionsFromClaims({
+      qe: {
+        pub: { allow: ['task.*'], deny: ['task.delete'] },
+        sub: { allow: ['task.**'], deny: ['task.secret.**'] },
+      },
+    });
+    expect(canPublish(p, 'task.create')).toBe(true);
+    expect(canPublish(p, 'task.delete')).toBe(false);
+    expect(canPublish(p, 'agent.spawn')).toBe(false);
+    expect(canSubscribe(p, 'task.*')).toBe(false); // task.* includes task.secret, which task.secret.** denies
+    expect(canSubscribe(p, 'task.create')).toBe(true);
+    expect(canSubscribe(p, '**')).toBe(false);
+    expect(canSubscribe(p, 'task.**')).toBe(false); // would include task.secret.*
+    expect(canSubscribe(p, 'task.secret.x')).toBe(false);
+    expect(permissionsFromClaims({})).toMatchObject({ publish: { allow: [] } });
+    expect(() => permissionsFromClaims({ qe: { pub: { allow: ['bad..pattern'] } } })).toThrow();
+  });
+});
+
+describe('safe JSON', () => {
+  it('refuses prototype-pollution keys and deep nesting, and reports malformed JSON', () => {
+    expect(parseJsonSafe('{"a":[1,{"b":2}]}')).toEqual({ a: [1, { b: 2 }] });
+    for (const bad of ['{"__proto__":{"x":1}}', '{"a":{"constructor":{"prototype":{}}}}', '{"prototype":1}'])
+      expect(() => parseJsonSafe(bad)).toThrow(expect.objectContaining({ code: 'VALIDATION' }));
+    expect(() => parseJsonSafe('{not json')).toThrow(/malformed JSON/);
+    expect(() => parseJsonSafe('['.repeat(100) + ']'.repeat(100))).toThrow(/nested deeper/);
+    expect(({} as Record<string, unknown>).x).toBeUndefined();
+  });
+});
