@@ -61,8 +61,9 @@ describe('createBroker', () => {
       expect(snap.history.some((s) => s.count > 0)).toBe(true);
       const res = await fetch(`${broker.url}/metrics`);
       const text = await res.text();
-      expect(text).toMatch(/qe_eventbus_events_observed_total\{[^}]*family="task"\} 2/);
-      expect(text).toMatch(/qe_eventbus_events_published_total\{[^}]*\} 3/);
+      expect(text).toMatch(/^qe_eventbus_events_consumed_total\{family="task",priority="critical"\} 1$/m);
+      expect(text).toMatch(/^qe_eventbus_events_published_total\{family="agent",priority="bulk"\} 1$/m);
+      expect(text).toMatch(/^qe_eventbus_circuit_state\{key="[^"]+:sub-1"\} 0$/m);
     } finally {
       await broker.stop();
     }
@@ -168,6 +169,30 @@ describe('createBroker', () => {
       expect(calls).toBeLessThan(10); // while open, events wait instead of hitting the handler
       expect(circuits.find((c) => c.name.startsWith('**'))?.state).toBe('closed'); // the monitor is unaffected
     } finally {
+      await broker.stop();
+    }
+  });
+
+  it('turns health degraded when a spec 003 alert threshold is crossed (ALERT_MAX_QUEUE_DEPTH)', async () => {
+    const broker = createBroker(config({ ALERT_MAX_QUEUE_DEPTH: '5', HEALTH_CHECK_INTERVAL: '100' }));
+    await broker.start();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    try {
+      const sub = broker.bus.subscribe('slow.*', () => gate);
+      await sub.ready;
+      for (let i = 0; i < 20; i++) await broker.bus.publish({ type: 'slow.job', agentId: 'a', data: i });
+      let h: { status: string; reasons: string[]; alerts: { name: string }[] } | undefined;
+      for (let i = 0; i < 50; i++) {
+        h = (await (await fetch(`${broker.url}/health`)).json()) as typeof h;
+        if (h?.status === 'degraded') break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(h?.status).toBe('degraded');
+      expect(h?.alerts.map((a) => a.name)).toContain('maxQueueDepth');
+      expect(h?.reasons.join(' ')).toMatch(/maxQueueDepth crossed: \d+ > 5/);
+    } finally {
+      release();
       await broker.stop();
     }
   });

@@ -11,12 +11,13 @@ import {
   toError,
   ValidationError,
 } from '@qe/core';
+import { createHealthMonitor, createPrometheusMiddleware } from '@qe/metrics';
 import { createRedisTransport } from '@qe/redis-transport';
 import { createCircuitBreaker, DeadLetterManager, type DeadLetterSelector } from '@qe/reliability';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { type BrokerConfig, redactConfig } from './config.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
-import { renderPrometheus } from './prometheus.js';
 
 export interface CreateBrokerOptions {
   logger?: Logger;
@@ -166,13 +167,44 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         onStateChange: (key, state) => logger.warn('circuit state changed', { circuit: key, state }),
       })
     : null;
+  // one registry per broker: tests and embedders may run several in one process
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const prometheus = createPrometheusMiddleware({
+    registry,
+    prefix: config.metricsPrefix,
+    ...(breaker ? { circuits: [breaker] } : {}),
+  });
   const bus = new QEEventBus({
     nodeId: config.nodeId,
     transport,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
-    ...(breaker ? { middleware: [breaker] } : {}),
+    // metrics outermost, so they count what the circuit breaker postpones too
+    middleware: breaker ? [prometheus, breaker] : [prometheus],
   });
+  const a = config.alerts;
+  const healthMonitor = createHealthMonitor(bus, {
+    intervalMs: config.healthCheckIntervalMs,
+    thresholds: {
+      maxErrorRate: a.maxErrorRatePercent,
+      maxLatency: a.maxLatencyMs,
+      maxQueueDepth: a.maxQueueDepth,
+      maxMemoryBytes: a.maxMemoryBytes,
+    },
+    publish: config.monitoringEnabled,
+  });
+  /** The bus's own health, degraded by any spec 003 alert threshold the health monitor last saw crossed. */
+  const health = async () => {
+    const h = await bus.healthCheck();
+    const alerts = healthMonitor.report?.alerts ?? [];
+    const reasons = [
+      ...h.reasons,
+      ...alerts.map((x) => `${x.name} crossed: ${Math.round(x.value * 100) / 100} > ${x.threshold}`),
+    ];
+    const status = alerts.length > 0 && h.status === 'healthy' ? 'degraded' : h.status;
+    return { ...h, status, reasons, alerts };
+  };
   bus.on('error', (err: Error) =>
     logger.error(err.message, { code: (err as { code?: string }).code, component: 'bus' }),
   );
@@ -184,6 +216,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     intervalMs: config.metricsIntervalMs,
     healthIntervalMs: config.healthCheckIntervalMs,
     enabled: config.monitoringEnabled,
+    health,
     logger,
   });
 
@@ -235,16 +268,13 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       return;
     }
     if (method === 'GET' && (path === '/health' || path === '/healthz')) {
-      const h = await bus.healthCheck();
+      const h = await health();
       sendJson(res, h.status === 'unhealthy' ? 503 : 200, { service: config.serviceName, ...h });
       return;
     }
     if (method === 'GET' && path === '/metrics') {
-      const text = renderPrometheus(bus, config.monitoringEnabled ? monitor.snapshot() : null);
-      res.writeHead(200, {
-        'content-type': 'text/plain; version=0.0.4; charset=utf-8',
-        'cache-control': 'no-store',
-      });
+      const text = await registry.metrics();
+      res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' });
       res.end(text);
       return;
     }
@@ -336,6 +366,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       await bus.start();
       try {
         await monitor.start();
+        healthMonitor.start();
         await new Promise<void>((resolve, reject) => {
           const onError = (err: Error) => reject(err);
           server.once('error', onError);
@@ -346,6 +377,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         });
       } catch (err) {
         monitor.stop();
+        healthMonitor.stop();
         await bus.stop().catch(() => {});
         throw err;
       }
@@ -369,6 +401,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         server.close();
         server.closeIdleConnections();
         monitor.stop();
+        healthMonitor.stop();
         let timer: NodeJS.Timeout | undefined;
         const timedOut = new Promise<'timeout'>((resolve) => {
           timer = setTimeout(() => resolve('timeout'), config.shutdownTimeoutMs + 1000);

@@ -34,6 +34,15 @@ export interface BrokerConfig {
     recoveryTimeoutMs: number;
     monitoringPeriodMs: number;
   };
+  /** Prometheus metric name prefix (`@qe/metrics`); `ossa_eventbus_` gives spec 003's exact names. */
+  metricsPrefix: string;
+  /** Spec 003's alert thresholds: crossing one makes health `degraded` and raises a `system.alert` event. */
+  alerts: {
+    maxErrorRatePercent: number;
+    maxLatencyMs: number;
+    maxQueueDepth: number;
+    maxMemoryBytes: number;
+  };
 }
 
 /** Every setting problem found, each naming the setting and the values it accepts. */
@@ -76,6 +85,11 @@ export const CONFIG_FILE_KEYS = {
   circuitFailureThreshold: 'CIRCUIT_FAILURE_THRESHOLD',
   circuitRecoveryTimeout: 'CIRCUIT_RECOVERY_TIMEOUT',
   circuitMonitoringPeriod: 'CIRCUIT_MONITORING_PERIOD',
+  metricsPrefix: 'METRICS_PREFIX',
+  alertMaxErrorRate: 'ALERT_MAX_ERROR_RATE',
+  alertMaxLatency: 'ALERT_MAX_LATENCY',
+  alertMaxQueueDepth: 'ALERT_MAX_QUEUE_DEPTH',
+  alertMaxMemoryMb: 'ALERT_MAX_MEMORY_MB',
 } as const;
 
 type FileKey = keyof typeof CONFIG_FILE_KEYS;
@@ -257,6 +271,17 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     recoveryTimeoutMs: int('CIRCUIT_RECOVERY_TIMEOUT', 60_000, 1, 3_600_000, ' (ms)'),
     monitoringPeriodMs: int('CIRCUIT_MONITORING_PERIOD', 30_000, 1, 3_600_000, ' (ms)'),
   };
+  const metricsPrefix = str('METRICS_PREFIX', 'qe_eventbus_', {
+    re: /^[a-zA-Z_:][a-zA-Z0-9_:]{0,63}$/,
+    accepted:
+      'a Prometheus name prefix: letters, digits, _ and :, not starting with a digit (e.g. qe_eventbus_, ossa_eventbus_)',
+  });
+  const alerts = {
+    maxErrorRatePercent: int('ALERT_MAX_ERROR_RATE', 5, 0, 100, ' (percent)'),
+    maxLatencyMs: int('ALERT_MAX_LATENCY', 1000, 1, 3_600_000, ' (ms)'),
+    maxQueueDepth: int('ALERT_MAX_QUEUE_DEPTH', 1000, 1, 100_000_000, ' (events)'),
+    maxMemoryBytes: int('ALERT_MAX_MEMORY_MB', 512, 16, 1_048_576, ' (MB)') * 1024 * 1024,
+  };
   const redis = readRedis(raw, problems);
 
   if (problems.length > 0) throw new BrokerConfigError(problems);
@@ -276,6 +301,8 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     logLevel,
     wsPort,
     circuitBreaker,
+    metricsPrefix,
+    alerts,
   };
 }
 

@@ -155,7 +155,8 @@ export function renderDashboardHtml(serviceName: string): string {
     $('t-rate').textContent = rate(last.handledPerSec); $('t-rate-sub').textContent = num(d.totals.handled) + ' handled in total';
     $('t-pub').textContent = rate(last.publishedPerSec); $('t-pub-sub').textContent = num(d.totals.published) + ' published here';
     $('t-p99').textContent = ms(last.p99); $('t-p99-sub').textContent = 'p50 ' + ms(last.p50) + ' · max ' + ms(last.max);
-    $('t-lag').textContent = num(d.lag.queue + d.lag.backlog); $('t-lag-sub').textContent = num(d.lag.queue) + ' queued · ' + num(d.lag.backlog) + ' in transport';
+    var groupLag = d.lag.groups.reduce(function (a, g) { return a + (g.lag || 0); }, 0);
+    $('t-lag').textContent = num(d.lag.queue + d.lag.backlog + groupLag); $('t-lag-sub').textContent = num(d.lag.queue) + ' queued · ' + num(d.lag.backlog + groupLag) + ' in transport';
     $('t-dead').textContent = num(d.deadLetters.count); $('t-dead-sub').textContent = num(d.totals.retried) + ' retries · ' + num(d.totals.errors) + ' errors';
     var conns = Object.keys(d.connections).reduce(function (a, k) { return a + d.connections[k]; }, 0);
     $('t-conn').textContent = num(conns); $('t-conn-sub').textContent = Object.keys(d.connections).length + ' sources';
@@ -178,6 +179,7 @@ export function renderDashboardHtml(serviceName: string): string {
     }), 'no circuit breakers configured');
     var lagRows = [['<b>bus queue</b> (accepted, not yet handled)', num(d.lag.queue)], ['handlers running', num(d.lag.inFlight)], ['waiting in the transport', num(d.lag.backlog)]];
     Object.keys(d.lag.queueByPriority).forEach(function (p) { if (d.lag.queueByPriority[p] > 0) lagRows.push(['queued at ' + esc(p), num(d.lag.queueByPriority[p])]); });
+    d.lag.groups.forEach(function (g) { lagRows.push(['consumer group <code>' + esc(g.group) + '</code>', num(g.pending) + ' pending · ' + (g.lag == null ? '?' : num(g.lag)) + ' unread']); });
     d.lag.subscribers.forEach(function (s) { lagRows.push(['subscriber ' + esc(s.patterns.join(', ')) + (s.group ? ' (group ' + esc(s.group) + ')' : ''), num(s.queued) + ' queued · ' + num(s.processed) + ' done']); });
     table($('lag'), [{ t: 'where' }, { t: 'events', n: 1 }], lagRows, '');
     table($('dead'), [{ t: 'event type' }, { t: 'reason' }, { t: 'error' }, { t: 'when' }], d.deadLetters.recent.map(function (x) {

@@ -17,4 +17,3 @@ export {
   type MonitorSample,
   type MonitorSource,
 } from './monitor.js';
-export { renderPrometheus } from './prometheus.js';

@@ -78,6 +78,8 @@ export interface DashboardSnapshot {
     queue: number;
     inFlight: number;
     backlog: number;
+    /** Per consumer group, from the transport (Redis: XINFO GROUPS), when it reports them. */
+    groups: { group: string; pending: number; lag: number | null }[];
     queueByPriority: Record<string, number>;
     subscribers: {
       id: string;
@@ -103,6 +105,8 @@ export interface MonitorOptions {
   /** When false the broker subscribes nothing: rates and latencies come only from the bus's own metrics. */
   enabled: boolean;
   healthIntervalMs: number;
+  /** How health is judged (default: the bus's `healthCheck()`). */
+  health?: () => Promise<{ status: string; reasons: readonly string[] }>;
   /** Samples kept for the charts. Default 300. */
   historySize?: number;
   logger: Logger;
@@ -133,6 +137,7 @@ export class BrokerMonitor {
   private healthTimer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => boolean) | null = null;
   private deadLetterCount = 0;
+  private groups: DashboardSnapshot['lag']['groups'] = [];
   private recentDead: DeadLetter[] = [];
   private health: DashboardSnapshot['health'] = null;
   private readonly startedAt = Date.now();
@@ -167,7 +172,7 @@ export class BrokerMonitor {
     this.timer = setInterval(() => this.sample(), this.options.intervalMs);
     this.timer.unref();
     const checkHealth = () => {
-      this.bus.healthCheck().then(
+      (this.options.health ?? (() => this.bus.healthCheck()))().then(
         (h) => {
           const prev = this.health?.status;
           this.health = { status: h.status, reasons: h.reasons, checkedAt: Date.now() };
@@ -263,7 +268,25 @@ export class BrokerMonitor {
     this.history.push(s);
     if (this.history.length > this.historySize) this.history.shift();
     this.refreshDeadLetters();
+    this.refreshGroups();
     return s;
+  }
+
+  private refreshGroups(): void {
+    this.bus.transport.healthCheck().then(
+      (h) => {
+        const g = h.details?.groups;
+        if (g === null || typeof g !== 'object') return;
+        this.groups = Object.entries(g as Record<string, { pending?: unknown; lag?: unknown }>).map(
+          ([group, v]) => ({
+            group,
+            pending: typeof v.pending === 'number' ? v.pending : 0,
+            lag: typeof v.lag === 'number' ? v.lag : null,
+          }),
+        );
+      },
+      () => {},
+    );
   }
 
   private refreshDeadLetters(): void {
@@ -312,6 +335,7 @@ export class BrokerMonitor {
         queue: d.queueSize,
         inFlight: d.inFlight,
         backlog: typeof d.transport.backlog === 'number' ? d.transport.backlog : 0,
+        groups: this.groups,
         queueByPriority: d.queueSizes,
         subscribers: d.handlerStats.map((s) => ({
           id: s.id,

@@ -39,7 +39,8 @@ describe('broker process (memory transport, no configuration)', () => {
     expect(metrics.headers.get('content-type')).toMatch(/text\/plain/);
     const text = await metrics.text();
     expect(text).toMatch(/^# TYPE qe_eventbus_events_published_total counter$/m);
-    expect(text).toMatch(/^qe_eventbus_up\{[^}]*\} 1$/m);
+    expect(text).toMatch(/^qe_eventbus_connections 1$/m);
+    expect(text).toMatch(/^process_resident_memory_bytes \d+/m); // prom-client's process metrics
 
     await new Promise((r) => setTimeout(r, 500));
     const dash = (await (await fetch(`${b.url}/api/dashboard`)).json()) as {

@@ -113,9 +113,8 @@ describe('broker process on Redis (spec 003 variables)', () => {
         (n) => n === 2,
       );
       const metrics = await (await fetch(`${b.url}/metrics`)).text();
-      expect(metrics).toMatch(
-        /qe_eventbus_events_observed_total\{[^}]*transport="redis-streams",family="task"\} 30/,
-      );
+      expect(metrics).toMatch(/^qe_eventbus_events_consumed_total\{family="task",priority="high"\} 30$/m);
+      expect(metrics).toMatch(/^qe_eventbus_consumer_pending\{group="[^"]+"\} \d+$/m); // per-group figures from Redis
     } finally {
       await bus.stop({ leave: true });
     }
