@@ -1,1 +1,6 @@
-export {};
+export {
+  createHttpGateway,
+  type HttpGateway,
+  type HttpGatewayOptions,
+  type HttpGatewayStats,
+} from './createHttpGateway.js';
