@@ -11,6 +11,7 @@ import {
   toError,
   ValidationError,
 } from '@qe/core';
+import { createWebSocketGateway, type WebSocketGateway } from '@qe/gateway-ws';
 import { createHealthMonitor, createPrometheusMiddleware } from '@qe/metrics';
 import { createRedisTransport } from '@qe/redis-transport';
 import { createCircuitBreaker, DeadLetterManager, type DeadLetterSelector } from '@qe/reliability';
@@ -345,6 +346,11 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     });
   });
   server.keepAliveTimeout = 5000;
+  let wsGateway: WebSocketGateway | null = null;
+  monitor.addSource({
+    name: 'websocket',
+    connections: () => wsGateway?.stats().connections ?? 0,
+  });
   monitor.addSource({ name: 'http', connections: () => openSockets.size });
   const openSockets = new Set<import('node:net').Socket>();
   server.on('connection', (s) => {
@@ -367,6 +373,18 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       try {
         await monitor.start();
         healthMonitor.start();
+        if (config.ws.enabled)
+          wsGateway = await createWebSocketGateway({
+            bus,
+            server,
+            path: config.ws.path,
+            maxConnections: config.ws.maxConnections,
+            maxPayload: config.ws.maxPayloadBytes,
+            ...(config.ws.allowedOrigins.length > 0 ? { allowedOrigins: config.ws.allowedOrigins } : {}),
+            ...(config.ws.jwtSecret === undefined
+              ? {}
+              : { auth: { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } } }),
+          });
         await new Promise<void>((resolve, reject) => {
           const onError = (err: Error) => reject(err);
           server.once('error', onError);
@@ -378,6 +396,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       } catch (err) {
         monitor.stop();
         healthMonitor.stop();
+        await wsGateway?.close().catch(() => {});
         await bus.stop().catch(() => {});
         throw err;
       }
@@ -400,6 +419,10 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         const started = Date.now();
         server.close();
         server.closeIdleConnections();
+        // clients get a 1001 close; their subscriptions end before the bus drains
+        await wsGateway
+          ?.close()
+          .catch((e) => logger.warn('websocket gateway close failed', { error: toError(e).message }));
         monitor.stop();
         healthMonitor.stop();
         let timer: NodeJS.Timeout | undefined;

@@ -139,4 +139,30 @@ describe('loadBrokerConfig', () => {
       /--config: needs a path/,
     );
   });
+
+  it('reads the WebSocket gateway settings and masks the JWT secret in the redacted view', async () => {
+    const { redactConfig } = await import('./config.js');
+    const c = loadBrokerConfig({
+      env: {
+        WS_PATH: '/bus',
+        WS_ALLOWED_ORIGINS: 'https://a.example, http://localhost:5173',
+        JWT_SECRET: 'x'.repeat(32),
+      },
+    });
+    expect(c.ws).toMatchObject({
+      enabled: true,
+      path: '/bus',
+      allowedOrigins: ['https://a.example', 'http://localhost:5173'],
+    });
+    expect(JSON.stringify(redactConfig(c))).not.toContain('x'.repeat(32));
+    expect(problems(() => loadBrokerConfig({ env: { JWT_SECRET: 'short' } }))[0]).toMatch(
+      /JWT_SECRET: too short/,
+    );
+    expect(problems(() => loadBrokerConfig({ env: { WS_ALLOWED_ORIGINS: '*' } }))[0]).toMatch(
+      /WS_ALLOWED_ORIGINS: bad origin "\*"/,
+    );
+    expect(problems(() => loadBrokerConfig({ env: { WS_PATH: 'events' } }))[0]).toMatch(
+      /WS_PATH="events": must be a URL path/,
+    );
+  });
 });

@@ -25,14 +25,21 @@ export interface BrokerConfig {
   healthCheckIntervalMs: number;
   shutdownTimeoutMs: number;
   logLevel: LogLevel;
-  /** Where the WebSocket gateway listens when it cannot share the HTTP server; 0 = a free port. */
-  wsPort: number;
   /** Spec 000's circuit breaker around every handler on the broker's bus (`@qe/reliability`). */
   circuitBreaker: {
     enabled: boolean;
     failureThreshold: number;
     recoveryTimeoutMs: number;
     monitoringPeriodMs: number;
+  };
+  /** The WebSocket gateway (`@qe/gateway-ws`), mounted on the broker's HTTP server. */
+  ws: {
+    enabled: boolean;
+    path: string;
+    maxConnections: number;
+    maxPayloadBytes: number;
+    allowedOrigins: string[];
+    jwtSecret?: string;
   };
   /** Prometheus metric name prefix (`@qe/metrics`); `ossa_eventbus_` gives spec 003's exact names. */
   metricsPrefix: string;
@@ -80,11 +87,16 @@ export const CONFIG_FILE_KEYS = {
   healthCheckInterval: 'HEALTH_CHECK_INTERVAL',
   shutdownTimeout: 'SHUTDOWN_TIMEOUT',
   logLevel: 'LOG_LEVEL',
-  wsPort: 'WS_PORT',
   circuitBreakerEnabled: 'CIRCUIT_BREAKER_ENABLED',
   circuitFailureThreshold: 'CIRCUIT_FAILURE_THRESHOLD',
   circuitRecoveryTimeout: 'CIRCUIT_RECOVERY_TIMEOUT',
   circuitMonitoringPeriod: 'CIRCUIT_MONITORING_PERIOD',
+  wsEnabled: 'WS_ENABLED',
+  wsPath: 'WS_PATH',
+  wsMaxConnections: 'WS_MAX_CONNECTIONS',
+  wsMaxPayload: 'WS_MAX_PAYLOAD',
+  wsAllowedOrigins: 'WS_ALLOWED_ORIGINS',
+  jwtSecret: 'JWT_SECRET',
   metricsPrefix: 'METRICS_PREFIX',
   alertMaxErrorRate: 'ALERT_MAX_ERROR_RATE',
   alertMaxLatency: 'ALERT_MAX_LATENCY',
@@ -243,7 +255,6 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     accepted: 'a host name or IP address to listen on (e.g. 0.0.0.0, 127.0.0.1, ::)',
   });
   const port = int('PORT', 3000, 0, 65535, ' (0 = any free port)');
-  const wsPort = int('WS_PORT', 0, 0, 65535, ' (0 = any free port)');
   const keyPrefix = str('EVENTBUS_KEY_PREFIX', 'qe:eventbus', {
     re: /^[^\s{}]{1,128}$/,
     accepted: '1-128 characters without spaces or braces, e.g. qe:eventbus',
@@ -270,6 +281,33 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     failureThreshold: int('CIRCUIT_FAILURE_THRESHOLD', 10, 1, 1_000_000, ' (failures)'),
     recoveryTimeoutMs: int('CIRCUIT_RECOVERY_TIMEOUT', 60_000, 1, 3_600_000, ' (ms)'),
     monitoringPeriodMs: int('CIRCUIT_MONITORING_PERIOD', 30_000, 1, 3_600_000, ' (ms)'),
+  };
+  const originsRaw = str('WS_ALLOWED_ORIGINS', '');
+  const allowedOrigins =
+    originsRaw === ''
+      ? []
+      : originsRaw
+          .split(',')
+          .map((o) => o.trim())
+          .filter((o) => o !== '');
+  for (const o of allowedOrigins)
+    if (!/^https?:\/\/[^\s/]+$/.test(o))
+      problems.push(
+        `WS_ALLOWED_ORIGINS: bad origin ${JSON.stringify(o)} (accepted: a comma-separated list like https://app.example.com,http://localhost:5173)`,
+      );
+  const jwtSecret = str('JWT_SECRET', '');
+  if (jwtSecret !== '' && jwtSecret.length < 32)
+    problems.push('JWT_SECRET: too short (accepted: an HS256 secret of at least 32 characters)');
+  const ws = {
+    enabled: bool('WS_ENABLED', true),
+    path: str('WS_PATH', '/events', {
+      re: /^\/[A-Za-z0-9_./-]{0,127}$/,
+      accepted: 'a URL path starting with / (e.g. /events)',
+    }),
+    maxConnections: int('WS_MAX_CONNECTIONS', 1000, 1, 1_000_000, ' (connections)'),
+    maxPayloadBytes: int('WS_MAX_PAYLOAD', 1024 * 1024, 1024, 64 * 1024 * 1024, ' (bytes)'),
+    allowedOrigins,
+    ...(jwtSecret === '' ? {} : { jwtSecret }),
   };
   const metricsPrefix = str('METRICS_PREFIX', 'qe_eventbus_', {
     re: /^[a-zA-Z_:][a-zA-Z0-9_:]{0,63}$/,
@@ -299,8 +337,8 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     healthCheckIntervalMs,
     shutdownTimeoutMs,
     logLevel,
-    wsPort,
     circuitBreaker,
+    ws,
     metricsPrefix,
     alerts,
   };
@@ -411,5 +449,6 @@ export function redactConfig(config: BrokerConfig): Record<string, unknown> {
     config.redis === null
       ? null
       : { ...config.redis, ...(config.redis.password === undefined ? {} : { password: '***' }) };
-  return { ...config, redis };
+  const ws = config.ws.jwtSecret === undefined ? config.ws : { ...config.ws, jwtSecret: '***' };
+  return { ...config, redis, ws };
 }

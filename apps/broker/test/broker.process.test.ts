@@ -78,6 +78,47 @@ describe('broker process (memory transport, no configuration)', () => {
     for (const l of b.logs) expect(typeof l.time).toBe('string');
   });
 
+  it('serves the WebSocket gateway on the same port: a client publishes and subscribes; SIGTERM closes it with 1001', async () => {
+    const b = await start({ METRICS_COLLECTION_INTERVAL: '200' });
+    const ws = new WebSocket(`${b.url.replace('http:', 'ws:')}/events`);
+    const inbox: { op: string; id?: number; event?: { type: string; data: unknown } }[] = [];
+    ws.onmessage = (m) => inbox.push(JSON.parse(String(m.data)));
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = reject;
+    });
+    const waitFor = async (pred: () => boolean) => {
+      for (let i = 0; i < 100 && !pred(); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(pred()).toBe(true);
+    };
+    ws.send(JSON.stringify({ op: 'subscribe', id: 1, patterns: ['task.*'] }));
+    await waitFor(() => inbox.some((m) => m.op === 'ack' && m.id === 1));
+    ws.send(
+      JSON.stringify({
+        op: 'publish',
+        id: 2,
+        events: Array.from({ length: 25 }, (_, i) => ({
+          type: 'task.create',
+          agentId: 'ws-client',
+          data: { i },
+        })),
+      }),
+    );
+    await waitFor(() => inbox.filter((m) => m.op === 'event').length === 25);
+    ws.send('{not json');
+    await waitFor(() => inbox.some((m) => m.op === 'error'));
+    const dash = (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
+      connections: Record<string, number>;
+      byFamily: Record<string, number>;
+    };
+    expect(dash.connections.websocket).toBe(1);
+    expect(dash.byFamily.task).toBe(25);
+    const closed = new Promise<number>((r) => (ws.onclose = (e) => r(e.code)));
+    b.child.kill('SIGTERM');
+    expect(await closed).toBe(1001);
+    expect(await b.exited).toBe(0);
+  });
+
   it('exits 0 on SIGINT too', async () => {
     const b = await start();
     b.child.kill('SIGINT');
