@@ -1,3 +1,0 @@
-import { qeVitestConfig } from '@qe/vitest-preset';
-
-export default qeVitestConfig();
