@@ -4,7 +4,13 @@ import { loadBrokerConfig } from './config.js';
 
 function config(extra: Record<string, string> = {}) {
   return loadBrokerConfig({
-    env: { HOST: '127.0.0.1', PORT: '0', METRICS_COLLECTION_INTERVAL: '100', ...extra },
+    env: {
+      HOST: '127.0.0.1',
+      PORT: '0',
+      HTTP_GATEWAY_PORT: '0',
+      METRICS_COLLECTION_INTERVAL: '100',
+      ...extra,
+    },
   });
 }
 

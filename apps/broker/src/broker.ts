@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
@@ -11,6 +12,7 @@ import {
   toError,
   ValidationError,
 } from '@qe/core';
+import { createHttpGateway, type HttpGateway } from '@qe/gateway-http';
 import { createWebSocketGateway, type WebSocketGateway } from '@qe/gateway-ws';
 import { createHealthMonitor, createPrometheusMiddleware } from '@qe/metrics';
 import { createRedisTransport } from '@qe/redis-transport';
@@ -37,6 +39,8 @@ export interface Broker {
   /** `http://host:port` once started. */
   readonly url: string;
   readonly port: number;
+  /** The HTTP gateway's base URL (its own port), or '' when it is off. */
+  readonly httpGatewayUrl: string;
   /** Connects the bus, subscribes the monitor, listens. Rejects (and cleans up) if any step fails. */
   start(): Promise<void>;
   /**
@@ -347,6 +351,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
   });
   server.keepAliveTimeout = 5000;
   let wsGateway: WebSocketGateway | null = null;
+  let httpGateway: HttpGateway | null = null;
+  let httpGatewayUrl = '';
+  monitor.addSource({ name: 'http-gateway (SSE)', connections: () => httpGateway?.stats().sseClients ?? 0 });
   monitor.addSource({
     name: 'websocket',
     connections: () => wsGateway?.stats().connections ?? 0,
@@ -368,6 +375,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     get port() {
       return port;
     },
+    get httpGatewayUrl() {
+      return httpGatewayUrl;
+    },
     async start() {
       await bus.start();
       try {
@@ -385,6 +395,21 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
               ? {}
               : { auth: { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } } }),
           });
+        if (config.httpGateway.enabled) {
+          const g = config.httpGateway;
+          httpGateway = await createHttpGateway({
+            bus,
+            port: g.port,
+            host: config.host,
+            metrics: { contentType: registry.contentType, render: () => registry.metrics() },
+            ...(g.tlsKeyFile && g.tlsCertFile
+              ? { tls: { key: readFileSync(g.tlsKeyFile), cert: readFileSync(g.tlsCertFile) } }
+              : {}),
+            ...(config.ws.jwtSecret === undefined
+              ? {}
+              : { auth: { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } } }),
+          });
+        }
         await new Promise<void>((resolve, reject) => {
           const onError = (err: Error) => reject(err);
           server.once('error', onError);
@@ -397,14 +422,21 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         monitor.stop();
         healthMonitor.stop();
         await wsGateway?.close().catch(() => {});
+        await httpGateway?.close().catch(() => {});
         await bus.stop().catch(() => {});
         throw err;
       }
       port = (server.address() as AddressInfo).port;
       const shownHost = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
       url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`;
+      if (httpGateway) {
+        const scheme = config.httpGateway.tlsKeyFile ? 'https' : 'http';
+        httpGatewayUrl = `${scheme}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${httpGateway.port}`;
+      }
       logger.info('broker listening', {
         url,
+        ...(wsGateway ? { websocket: `${url.replace(/^http/, 'ws')}${config.ws.path}` } : {}),
+        ...(httpGateway ? { httpGateway: httpGatewayUrl } : {}),
         host: config.host,
         port,
         transport: bus.transport.name,
@@ -423,6 +455,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         await wsGateway
           ?.close()
           .catch((e) => logger.warn('websocket gateway close failed', { error: toError(e).message }));
+        await httpGateway
+          ?.close()
+          .catch((e) => logger.warn('http gateway close failed', { error: toError(e).message }));
         monitor.stop();
         healthMonitor.stop();
         let timer: NodeJS.Timeout | undefined;

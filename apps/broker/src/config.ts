@@ -41,6 +41,8 @@ export interface BrokerConfig {
     allowedOrigins: string[];
     jwtSecret?: string;
   };
+  /** The HTTP gateway (`@qe/gateway-http`) on its own port (it serves HTTP/2 and owns its server). */
+  httpGateway: { enabled: boolean; port: number; tlsKeyFile?: string; tlsCertFile?: string };
   /** Prometheus metric name prefix (`@qe/metrics`); `ossa_eventbus_` gives spec 003's exact names. */
   metricsPrefix: string;
   /** Spec 003's alert thresholds: crossing one makes health `degraded` and raises a `system.alert` event. */
@@ -97,6 +99,10 @@ export const CONFIG_FILE_KEYS = {
   wsMaxPayload: 'WS_MAX_PAYLOAD',
   wsAllowedOrigins: 'WS_ALLOWED_ORIGINS',
   jwtSecret: 'JWT_SECRET',
+  httpGatewayEnabled: 'HTTP_GATEWAY_ENABLED',
+  httpGatewayPort: 'HTTP_GATEWAY_PORT',
+  httpGatewayTlsKey: 'HTTP_GATEWAY_TLS_KEY',
+  httpGatewayTlsCert: 'HTTP_GATEWAY_TLS_CERT',
   metricsPrefix: 'METRICS_PREFIX',
   alertMaxErrorRate: 'ALERT_MAX_ERROR_RATE',
   alertMaxLatency: 'ALERT_MAX_LATENCY',
@@ -309,6 +315,18 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     allowedOrigins,
     ...(jwtSecret === '' ? {} : { jwtSecret }),
   };
+  const tlsKeyFile = str('HTTP_GATEWAY_TLS_KEY', '');
+  const tlsCertFile = str('HTTP_GATEWAY_TLS_CERT', '');
+  if ((tlsKeyFile === '') !== (tlsCertFile === ''))
+    problems.push(
+      'HTTP_GATEWAY_TLS_KEY and HTTP_GATEWAY_TLS_CERT: set both (PEM files) for HTTP/2 over TLS, or neither for cleartext HTTP/1.1',
+    );
+  const httpGateway = {
+    enabled: bool('HTTP_GATEWAY_ENABLED', true),
+    port: int('HTTP_GATEWAY_PORT', 3001, 0, 65535, ' (0 = any free port)'),
+    ...(tlsKeyFile === '' ? {} : { tlsKeyFile }),
+    ...(tlsCertFile === '' ? {} : { tlsCertFile }),
+  };
   const metricsPrefix = str('METRICS_PREFIX', 'qe_eventbus_', {
     re: /^[a-zA-Z_:][a-zA-Z0-9_:]{0,63}$/,
     accepted:
@@ -339,6 +357,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     logLevel,
     circuitBreaker,
     ws,
+    httpGateway,
     metricsPrefix,
     alerts,
   };

@@ -119,6 +119,45 @@ describe('broker process (memory transport, no configuration)', () => {
     expect(await b.exited).toBe(0);
   });
 
+  it('serves the HTTP gateway on its own port: events POSTed there reach the bus the dashboard watches', async () => {
+    const b = await start({ METRICS_COLLECTION_INTERVAL: '200' });
+    const gw = b.logs.find((l) => l.msg === 'broker listening')?.httpGateway as string;
+    expect(gw).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(new URL(gw).port).not.toBe(new URL(b.url).port);
+    const res = await fetch(`${gw}/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(
+        Array.from({ length: 12 }, (_, i) => ({
+          type: 'consensus.vote',
+          agentId: 'http-client',
+          data: { i },
+        })),
+      ),
+    });
+    expect(res.status).toBe(202);
+    const bad = await fetch(`${gw}/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'Not A Type!', agentId: 'x', data: null }),
+    });
+    expect(bad.status).toBe(400);
+    let families: Record<string, number> = {};
+    for (let i = 0; i < 50 && families.consensus !== 12; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      families = (
+        (await (await fetch(`${b.url}/api/dashboard`)).json()) as { byFamily: Record<string, number> }
+      ).byFamily;
+    }
+    expect(families.consensus).toBe(12);
+    const gwMetrics = await (await fetch(`${gw}/metrics`)).text();
+    expect(gwMetrics).toMatch(
+      /^qe_eventbus_events_published_total\{family="consensus",priority="normal"\} 12$/m,
+    );
+    b.child.kill('SIGTERM');
+    expect(await b.exited).toBe(0);
+  });
+
   it('exits 0 on SIGINT too', async () => {
     const b = await start();
     b.child.kill('SIGINT');

@@ -23,6 +23,7 @@ describe('dashboard in headless Chromium', () => {
         env: {
           HOST: '127.0.0.1',
           PORT: '0',
+          HTTP_GATEWAY_PORT: '0',
           SERVICE_NAME: 'dashboard-test',
           CIRCUIT_FAILURE_THRESHOLD: '5',
           METRICS_COLLECTION_INTERVAL: '250',

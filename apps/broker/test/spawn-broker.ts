@@ -22,7 +22,7 @@ export function runBroker(
 ): Promise<{ code: number; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--conditions=@qe/source', '--import', 'tsx', MAIN, ...args], {
-      env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: '0', ...env },
+      env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: '0', HTTP_GATEWAY_PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -44,7 +44,7 @@ export function runBroker(
 export function startBroker(env: Record<string, string> = {}, args: string[] = []): Promise<SpawnedBroker> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--conditions=@qe/source', '--import', 'tsx', MAIN, ...args], {
-      env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: '0', ...env },
+      env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: '0', HTTP_GATEWAY_PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const logs: Record<string, unknown>[] = [];
