@@ -19,8 +19,8 @@ turbo run typecheck test --concurrency=2 --continue --output-logs=full 2>&1 | te
 # ("Tests  3 failed | 104 passed (107)"), colours stripped.
 summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -aE '^[^ ]*:test: +Tests +[0-9]' \
   | awk -F':test:' '{ last[$1] = $2 } END { for (p in last) print last[p] }' || true)
-passed=$(echo "$summary" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(echo "$summary" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+passed=$(echo "$summary" | { grep -oE '[0-9]+ passed' || true; } | awk '{s+=$1} END {print s+0}')
+failed=$(echo "$summary" | { grep -oE '[0-9]+ failed' || true; } | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "${passed} passed, ${failed} failed"
 exit "$status"
