@@ -1,4 +1,5 @@
 import { bullmqTarget } from './bullmq.js';
+import { httpTarget, wsTarget } from './gateways.js';
 import { memoryTarget } from './memory.js';
 import { rawRedisTarget } from './raw-redis.js';
 import { redisTarget } from './redis.js';
@@ -9,6 +10,8 @@ const TARGETS: Record<string, Target> = {
   redis: redisTarget,
   'raw-redis': rawRedisTarget,
   bullmq: bullmqTarget,
+  ws: wsTarget,
+  http: httpTarget,
 };
 
 /** The names `--target` accepts. */
