@@ -45,7 +45,7 @@ interface HistoryEntry {
   seq: number;
 }
 
-class MemoryConsumer implements TransportConsumer, GroupMember {
+class MemoryConsumer implements TransportConsumer {
   private patterns: readonly string[] = [];
   /** Built lazily from `patterns`, so thousands of subscribe calls cost one rebuild. */
   private index: PatternIndex<true> | null = null;
@@ -325,7 +325,9 @@ export class MemoryBroker {
     }
     if (!eligible) return undefined;
     if (eligible.length === 1) return eligible[0];
-    return eligible[this.balancer.pick(ev, eligible, key) % eligible.length];
+    // the balancer sees members by their own id (node and binding), not the shared binding id
+    const view: GroupMember[] = eligible.map((m) => ({ id: m.memberId, inFlight: m.inFlight }));
+    return eligible[this.balancer.pick(ev, view, key) % eligible.length];
   }
 
   /** Gives a delivery to a consumer, or parks it while the consumer is paused. */
