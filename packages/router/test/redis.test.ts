@@ -1,0 +1,228 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { MemoryTransport, QEEventBus } from '@qe/core';
+import { waitFor } from '@qe/transport-conformance';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createStrategy, RoutedTransport, type Strategy, type StrategyName, weighted } from '../src/index.js';
+
+const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+interface Member {
+  id: string;
+  proc: ChildProcess;
+  handled: { id: string; key: string; seq: number }[];
+  ready: boolean;
+}
+
+function prefix(): string {
+  const p = `qe-test:router:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+  cleanups.push(async () => {
+    const r = new Redis(URL_);
+    let cursor = '0';
+    do {
+      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await r.del(...keys);
+    } while (cursor !== '0');
+    r.disconnect();
+  });
+  return p;
+}
+
+function member(p: string, id: string, strategy: StrategyName, delayMs = 0): Member {
+  const proc = spawn(
+    process.execPath,
+    [
+      '--conditions=@qe/source',
+      '--import',
+      'tsx',
+      fileURLToPath(new URL('./fixtures/member.ts', import.meta.url)),
+      URL_,
+      p,
+      id,
+      strategy,
+      String(delayMs),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const m: Member = { id, proc, handled: [], ready: false };
+  let buf = '';
+  proc.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (line === 'ready') m.ready = true;
+      else if (line.startsWith('handled ')) {
+        const [, eid, key, seq] = line.split(' ');
+        m.handled.push({ id: eid!, key: key!, seq: Number(seq) });
+      }
+    }
+  });
+  cleanups.push(() => void proc.kill('SIGKILL'));
+  return m;
+}
+
+async function publisher(p: string, strategy: Strategy) {
+  const redis = new Redis(URL_);
+  const t = new RoutedTransport({
+    inner: new MemoryTransport(),
+    redis,
+    prefix: p,
+    strategy,
+    heartbeatMs: 300,
+    memberTtlMs: 1500,
+  });
+  const bus = new QEEventBus({ nodeId: `pub-${Math.random().toString(36).slice(2, 6)}`, transport: t });
+  await bus.start();
+  cleanups.push(async () => {
+    await bus.stop();
+    redis.disconnect();
+  });
+  return { bus, t };
+}
+
+async function publishMany(bus: QEEventBus, n: number, key: (i: number) => string, pace = 0) {
+  for (let i = 0; i < n; i += 500) {
+    await bus.publishBatch(
+      Array.from({ length: Math.min(500, n - i) }, (_, k) => ({
+        type: 'work.item',
+        agentId: key(i + k),
+        data: { seq: i + k },
+      })),
+    );
+    if (pace > 0) await new Promise((r) => setTimeout(r, pace));
+  }
+}
+
+const total = (ms: Member[]) => ms.reduce((n, m) => n + m.handled.length, 0);
+
+describe('routing across processes on Redis', () => {
+  it('weighted 3:2:1 holds within a few percent over 30,000 events', async () => {
+    const p = prefix();
+    const ms = [member(p, 'w-a', 'weighted'), member(p, 'w-b', 'weighted'), member(p, 'w-c', 'weighted')];
+    await waitFor(() => ms.every((m) => m.ready), 'members', 30_000);
+    const { bus, t } = await publisher(
+      p,
+      weighted(
+        new Map([
+          ['w-a', 3],
+          ['w-b', 2],
+          ['w-c', 1],
+        ]),
+      ),
+    );
+    await t.refresh();
+    await publishMany(bus, 30_000, (i) => `a${i % 50}`);
+    await waitFor(() => total(ms) === 30_000, 'all 30,000 handled', 60_000);
+    const share = ms.map((m) => m.handled.length / 30_000);
+    expect(share[0]).toBeCloseTo(3 / 6, 1);
+    expect(Math.abs(share[0]! - 3 / 6)).toBeLessThan(0.03);
+    expect(Math.abs(share[1]! - 2 / 6)).toBeLessThan(0.03);
+    expect(Math.abs(share[2]! - 1 / 6)).toBeLessThan(0.03);
+  }, 90_000);
+
+  it('round_robin is even; least_connections sends fewer events to a slow member', async () => {
+    const p = prefix();
+    const rr = [
+      member(p, 'r-a', 'round_robin'),
+      member(p, 'r-b', 'round_robin'),
+      member(p, 'r-c', 'round_robin'),
+    ];
+    await waitFor(() => rr.every((m) => m.ready), 'members', 30_000);
+    const { bus, t } = await publisher(p, createStrategy('round_robin'));
+    await t.refresh();
+    await publishMany(bus, 3000, (i) => `k${i}`);
+    await waitFor(() => total(rr) === 3000, 'round robin deliveries', 30_000);
+    for (const m of rr) expect(m.handled.length).toBe(1000);
+
+    const q = prefix();
+    const lc = [
+      member(q, 'l-fast1', 'least_connections'),
+      member(q, 'l-fast2', 'least_connections'),
+      member(q, 'l-slow', 'least_connections', 30),
+    ];
+    await waitFor(() => lc.every((m) => m.ready), 'members', 30_000);
+    const pub2 = await publisher(q, createStrategy('least_connections'));
+    await pub2.t.refresh();
+    for (let i = 0; i < 30; i++) {
+      await pub2.bus.publishBatch(
+        Array.from({ length: 20 }, (_, k) => ({
+          type: 'work.item',
+          agentId: `x${k}`,
+          data: { seq: i * 20 + k },
+        })),
+      );
+      await new Promise((r) => setTimeout(r, 60));
+    }
+    await waitFor(() => total(lc) === 600, 'least-connections deliveries', 60_000);
+    const [f1, f2, slow] = lc.map((m) => m.handled.length);
+    expect(slow).toBeLessThan(f1!);
+    expect(slow).toBeLessThan(f2!);
+  }, 120_000);
+
+  it('hash_based keeps each key on one member; killing one of ten moves only its keys', async () => {
+    const p = prefix();
+    const ms = Array.from({ length: 10 }, (_, i) => member(p, `h-${i}`, 'hash_based'));
+    await waitFor(() => ms.every((m) => m.ready), 'ten members', 60_000);
+    const { bus, t } = await publisher(p, createStrategy('hash_based'));
+    await t.refresh();
+    await publishMany(bus, 2000, (i) => `agent-${i % 400}`);
+    await waitFor(() => total(ms) === 2000, 'first round', 30_000);
+    const owner = new Map<string, string>();
+    for (const m of ms)
+      for (const h of m.handled) {
+        expect(owner.get(h.key) ?? m.id).toBe(m.id); // one member per key
+        owner.set(h.key, m.id);
+      }
+    const victim = ms[3]!;
+    victim.proc.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 2500)); // past the member TTL
+    await t.refresh();
+    for (const m of ms) m.handled.length = 0;
+    await publishMany(bus, 2000, (i) => `agent-${i % 400}`);
+    const alive = ms.filter((m) => m !== victim);
+    await waitFor(() => total(alive) === 2000, 'second round', 30_000);
+    for (const m of alive)
+      for (const h of m.handled)
+        if (owner.get(h.key) !== victim.id) expect(h.key + m.id).toBe(h.key + owner.get(h.key)); // others keep their keys
+  }, 120_000);
+
+  it('a member killed while holding events: every one is handled by another member', async () => {
+    const p = prefix();
+    const holder = member(p, 'k-holder', 'round_robin', 60_000); // takes a minute per event: it will die holding them
+    const survivor = member(p, 'k-survivor', 'round_robin');
+    await waitFor(() => holder.ready && survivor.ready, 'members', 30_000);
+    const { bus, t } = await publisher(p, createStrategy('round_robin'));
+    await t.refresh();
+    await publishMany(bus, 40, (i) => `z${i}`);
+    await waitFor(() => survivor.handled.length === 20, 'the survivor’s half', 20_000);
+    holder.proc.kill('SIGKILL');
+    await waitFor(() => survivor.handled.length === 40, 'the holder’s half, moved to the survivor', 20_000);
+    expect(new Set(survivor.handled.map((h) => h.seq)).size).toBe(40);
+  }, 60_000);
+
+  it('per-key order holds under hash_based with 100 keys and 4 members', async () => {
+    const p = prefix();
+    const ms = Array.from({ length: 4 }, (_, i) => member(p, `o-${i}`, 'hash_based', 2));
+    await waitFor(() => ms.every((m) => m.ready), 'members', 30_000);
+    const { bus, t } = await publisher(p, createStrategy('hash_based'));
+    await t.refresh();
+    await publishMany(bus, 3000, (i) => `key-${i % 100}`);
+    await waitFor(() => total(ms) === 3000, 'all handled', 60_000);
+    for (const m of ms) {
+      const last = new Map<string, number>();
+      for (const h of m.handled) {
+        expect(h.seq).toBeGreaterThan(last.get(h.key) ?? -1);
+        last.set(h.key, h.seq);
+      }
+    }
+    expect(ms.filter((m) => m.handled.length > 0).length).toBe(4);
+  }, 90_000);
+});
