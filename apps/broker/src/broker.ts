@@ -22,6 +22,7 @@ import { type BrokerConfig, redactConfig } from './config.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
 
+/** Options for `createBroker` beyond the validated configuration. */
 export interface CreateBrokerOptions {
   logger?: Logger;
   /** Use this transport instead of the one the configuration describes (tests, embedding). */

@@ -113,6 +113,7 @@ export const CONFIG_FILE_KEYS = {
 type FileKey = keyof typeof CONFIG_FILE_KEYS;
 type EnvName = (typeof CONFIG_FILE_KEYS)[FileKey];
 
+/** Where `loadBrokerConfig` reads from; every field defaults to the real process. */
 export interface LoadConfigInput {
   env?: Record<string, string | undefined>;
   /** Command-line arguments after the script (`--config file`). */

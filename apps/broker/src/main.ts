@@ -11,8 +11,11 @@ import { createJsonLogger, toError } from '@qe/core';
 import { createBroker } from './broker.js';
 import { BrokerConfigError, CONFIG_FILE_KEYS, loadBrokerConfig, redactConfig } from './config.js';
 
+/** Clean shutdown: everything drained. */
 export const EXIT_OK = 0;
+/** Start failure, crash, or shutdown timed out with work left: restart with backoff. */
 export const EXIT_FAILURE = 1;
+/** Invalid configuration: do not restart until it is fixed. */
 export const EXIT_CONFIG = 2;
 
 const USAGE = `Usage: qe-broker [--config file.json]

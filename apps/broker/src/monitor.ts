@@ -99,6 +99,7 @@ export interface DashboardSnapshot {
   };
 }
 
+/** How a `BrokerMonitor` samples and judges health. */
 export interface MonitorOptions {
   serviceName: string;
   intervalMs: number;

@@ -9,6 +9,7 @@ export interface WireHistogram {
   maxUs: number;
 }
 
+/** Sparse, JSON-safe copy of a histogram (only non-empty buckets). Pure. */
 export function toWire(h: LatencyHistogram): WireHistogram {
   const buckets: [number, number][] = [];
   const c = h.counts;
@@ -22,6 +23,7 @@ export function toWire(h: LatencyHistogram): WireHistogram {
   };
 }
 
+/** Rebuilds a histogram from `toWire`'s output; the result is independent of the input. */
 export function fromWire(w: WireHistogram): LatencyHistogram {
   const h = new LatencyHistogram();
   for (const [i, n] of w.buckets) h.counts[i] = n;

@@ -9,6 +9,7 @@ export interface PhaseSpec {
   durationMs: number;
 }
 
+/** What a load role (producer or consumer) needs to start, sent once as `init`. */
 export interface RoleInit {
   role: 'producer' | 'consumer';
   target: string;
@@ -30,6 +31,7 @@ export interface SecondStats {
   max: number;
 }
 
+/** Coordinator to role. A role handles these one at a time, in order. */
 export type ToRole =
   | { cmd: 'init'; init: RoleInit }
   | { cmd: 'begin'; ph: number; t0: number }
@@ -37,6 +39,7 @@ export type ToRole =
   | { cmd: 'expect'; ph: number; sent: [number, SentRecord][]; drainMs: number }
   | { cmd: 'exit' };
 
+/** Role to coordinator: readiness, progress every 500 ms, and one result per phase. */
 export type FromRole =
   | { kind: 'ready' }
   | { kind: 'error'; message: string }

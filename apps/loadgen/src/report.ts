@@ -58,6 +58,7 @@ export function table(head: string[], rows: string[][]): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
+/** The verdict as aligned PASS/FAIL lines and a closing summary line. */
 export function verdictText(checks: readonly Check[]): string {
   const lines = checks.map(
     (c) => `  ${c.pass ? 'PASS' : 'FAIL'}  ${c.name.padEnd(34)} ${c.actual.padEnd(40)} (target ${c.target})`,

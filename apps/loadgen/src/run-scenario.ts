@@ -15,6 +15,7 @@ import {
   verdict,
 } from './scenarios.js';
 
+/** One `qe-loadgen` invocation: a scenario against a target, and optional yardsticks. */
 export interface ScenarioOptions {
   scenario: ScenarioName;
   target: string;
@@ -38,6 +39,7 @@ export interface ScenarioOptions {
   progress?: (line: string) => void;
 }
 
+/** The phases, verdict and chart of one target within a scenario run. */
 export interface TargetRun {
   target: string;
   keyPrefix: string;
@@ -47,6 +49,7 @@ export interface TargetRun {
   svgPath: string;
 }
 
+/** Everything a scenario run produced, including the paths of its JSON and SVG files. */
 export interface ScenarioResult {
   scenario: ScenarioName;
   params: ScenarioParams;

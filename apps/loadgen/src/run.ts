@@ -9,6 +9,7 @@ import { consumerRole, producerRole } from './roles.js';
 import { targetByName } from './targets/index.js';
 import type { TargetContext } from './targets/target.js';
 
+/** How `runLoad` drives a target: roles, limits and the phase plan. */
 export interface LoadOptions {
   target: string;
   ctx: TargetContext;
@@ -26,6 +27,7 @@ export interface LoadOptions {
   onProgress?: (p: Progress) => void;
 }
 
+/** A progress report, twice a second while a phase runs. */
 export interface Progress {
   ph: number;
   spec: PhaseSpec;

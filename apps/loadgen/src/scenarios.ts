@@ -13,9 +13,12 @@ export const SPEC_TARGETS = {
   rssBytes: 512 * 1024 * 1024,
 } as const;
 
+/** Spec 000's test suite. */
 export type ScenarioName = 'throughput' | 'latency' | 'stress' | 'sustained' | 'burst';
+/** Every scenario name, in the order the CLI lists them. */
 export const SCENARIOS: readonly ScenarioName[] = ['throughput', 'latency', 'stress', 'sustained', 'burst'];
 
+/** The knobs of a scenario; see `scenarioDefaults`. */
 export interface ScenarioParams {
   /** Events/s (open loop), or the first step of `stress`; 0 = max-throughput mode. */
   rate: number;
@@ -96,6 +99,7 @@ export function planFor(
   };
 }
 
+/** One line of a verdict: a spec 000 target, what was measured, and whether it holds. */
 export interface Check {
   name: string;
   target: string;

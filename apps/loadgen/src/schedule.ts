@@ -7,6 +7,7 @@ export interface Due {
   intendedAt: number;
 }
 
+/** How `drive` schedules sends. */
 export interface DriveOptions {
   /** Events per second; 0 = max-throughput mode (as fast as `maxInFlight` allows). */
   rate: number;
@@ -24,6 +25,7 @@ export interface DriveOptions {
   signal?: AbortSignal;
 }
 
+/** What `drive` sent, what was refused, and how late the sender ran. */
 export interface DriveResult {
   attempted: number;
   failed: number[];

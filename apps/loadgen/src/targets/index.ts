@@ -19,6 +19,7 @@ export function targetNames(): string[] {
   return Object.keys(TARGETS);
 }
 
+/** The target called `name`; throws naming the accepted names otherwise. */
 export function targetByName(name: string): Target {
   const t = TARGETS[name];
   if (!t) throw new Error(`unknown target ${JSON.stringify(name)} (accepted: ${targetNames().join(', ')})`);

@@ -41,6 +41,7 @@ export interface LoadConsumer {
   close(): Promise<void>;
 }
 
+/** Called by a consumer once per delivery, synchronously, in arrival order. */
 export type OnEvent = (payload: LoadPayload) => void;
 
 /** A system under load: how to produce into it and consume from it. */
