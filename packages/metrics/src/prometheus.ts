@@ -190,6 +190,17 @@ export function createPrometheusMiddleware(
         }
       },
     });
+  new Gauge({
+    name: `${p}stream_length`,
+    help: 'Entries held in the transport streams (Redis), all priorities and partitions.',
+    registers,
+    async collect() {
+      if (!source) return;
+      const health = await source.healthCheck().catch(() => undefined);
+      const n = health?.transport.details?.streamLength;
+      if (typeof n === 'number' && n >= 0) this.set(n);
+    },
+  });
   groupGauge(
     `${p}consumer_pending`,
     'Entries delivered and not yet acknowledged, per consumer group.',

@@ -90,3 +90,33 @@ describe('Prometheus metrics', () => {
     );
   });
 });
+
+describe('Prometheus metrics on Redis', () => {
+  it('exposes consumer pending and lag per group and the stream length from the Redis transport', async () => {
+    const { RedisStreamsTransport } = await import('@qe/redis-transport');
+    const registry = new Registry();
+    const keyPrefix = `qe-test:metrics:${Date.now().toString(36)}`;
+    const bus = new QEEventBus({
+      nodeId: 'prom-redis',
+      transport: new RedisStreamsTransport({ keyPrefix }),
+      middleware: [createPrometheusMiddleware({ registry })],
+    });
+    buses.push(bus);
+    await bus.start();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    await bus.subscribe('lag.*', () => gate, { group: 'slow' }).ready;
+    for (let i = 0; i < 5; i++) await bus.publish({ type: 'lag.x', agentId: 'a', data: { i } });
+    await waitFor(() => bus.getDetailedMetrics().inFlight === 1, 'one in flight');
+    const text = await registry.metrics();
+    expect(text).toMatch(/qe_stream_length 5/);
+    expect(text).toMatch(/qe_consumer_pending\{group="g:group:slow:lag\.\*"\} [1-5]/);
+    expect(promtool(text).status).toBe(0);
+    release();
+    const { Redis } = await import('ioredis');
+    const r = new Redis();
+    const keys = await r.keys(`${keyPrefix}:*`);
+    if (keys.length) await r.del(...keys);
+    r.disconnect();
+  });
+});

@@ -529,6 +529,13 @@ export class RedisStreamsTransport implements Transport {
       );
     if (this.inFlightEvents > this.options.maxPendingPublishes * 0.8)
       reasons.push(`publish backlog ${this.inFlightEvents}/${this.options.maxPendingPublishes}`);
+    let streamLength = 0;
+    try {
+      const lens = await Promise.all(this.keys.allStreams().map((k) => client.xlen(k)));
+      streamLength = lens.reduce((a, b) => a + b, 0);
+    } catch {
+      streamLength = -1;
+    }
     return {
       status: reasons.length > 0 ? 'degraded' : 'healthy',
       connected: true,
@@ -536,6 +543,7 @@ export class RedisStreamsTransport implements Transport {
       reasons,
       details: {
         groups,
+        streamLength,
         mode: this.options.cluster ? 'cluster' : 'standalone',
         partitions: this.options.partitions,
       },
@@ -649,9 +657,14 @@ class StreamConsumer implements TransportConsumer {
     for (const timer of this.timers) timer.unref();
   }
 
-  async ensureGroups(): Promise<void> {
+  /**
+   * Creates the consumer group on every stream (idempotent). `from` overrides
+   * where a new group starts: after Redis lost its data, the recreated streams
+   * hold only entries this group never saw, so it starts at `0`.
+   */
+  async ensureGroups(from?: '0' | '$'): Promise<void> {
     const client = this.transport.requireClient();
-    const start = this.spec.startFrom === 'earliest' ? '0' : '$';
+    const start = from ?? (this.spec.startFrom === 'earliest' ? '0' : '$');
     await Promise.all(
       this.streams.map((key) =>
         client.xgroup('CREATE', key, this.group, start, 'MKSTREAM').catch((err: Error) => {
@@ -750,7 +763,7 @@ class StreamConsumer implements TransportConsumer {
     if (/NOGROUP/.test(err.message)) {
       // Redis lost its data (restart without persistence, failover before replication): start over
       this.transport.logger.warn('consumer group missing; re-creating', { group: this.group });
-      await this.ensureGroups().catch(() => {});
+      await this.ensureGroups('0').catch(() => {});
     } else this.transport.throttledError(err);
     const next = Math.min(2000, Math.max(50, backoff * 2));
     await sleep(next);
