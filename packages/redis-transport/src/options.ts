@@ -22,6 +22,8 @@ export interface RedisTransportOptions {
   serialization?: SerializationName | SerializerOptions;
   /** TLS options (also implied by `rediss://`). */
   tls?: RedisOptions['tls'];
+  /** Redis Sentinel: the sentinels and the name of the master they watch. When set, host/port are ignored. */
+  sentinel?: { sentinels: { host: string; port: number }[]; name: string };
   /** Redis Cluster: seed nodes. When set, host/port are ignored. */
   cluster?: { nodes: { host: string; port: number }[]; options?: ClusterOptions };
   /** Stream partitions (by hash of `agentId`); each partition's keys share one hash slot. Default 1, or 6 on a cluster. */
@@ -99,6 +101,16 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
       redis.db = Number(db);
     }
     if (u.protocol === 'rediss:') redis.tls = { ...(o.tls ?? {}), servername: u.hostname };
+  }
+  if (o.sentinel !== undefined) {
+    if (!Array.isArray(o.sentinel.sentinels) || o.sentinel.sentinels.length === 0)
+      throw new ConfigError('sentinel.sentinels', 'must be a non-empty array of { host, port }');
+    if (typeof o.sentinel.name !== 'string' || o.sentinel.name.length === 0)
+      throw new ConfigError('sentinel.name', 'the name of the monitored master is required');
+    if (o.cluster !== undefined)
+      throw new ConfigError('sentinel', 'use either sentinel or cluster, not both');
+    redis.sentinels = o.sentinel.sentinels;
+    redis.name = o.sentinel.name;
   }
   Object.assign(redis, o.redisOptions);
   const keyPrefix = o.keyPrefix ?? 'qe';
