@@ -7,5 +7,6 @@ export {
   roundRobin,
   type Strategy,
   type StrategyName,
+  strategyFromConfig,
   weighted,
 } from './strategies.js';

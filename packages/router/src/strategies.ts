@@ -1,4 +1,10 @@
-import { type AgentEvent, ConfigError, type GroupBalancer, type GroupMember } from '@qe/core';
+import {
+  type AgentEvent,
+  ConfigError,
+  type GroupBalancer,
+  type GroupMember,
+  type LoadBalancerConfig,
+} from '@qe/core';
 
 /**
  * A load-balancing strategy: core's `GroupBalancer` (pick a member index for
@@ -163,4 +169,13 @@ export function createStrategy(
         `unknown strategy ${JSON.stringify(name)}: round_robin, least_connections, weighted or hash_based`,
       );
   }
+}
+
+/**
+ * The strategy spec 000's `loadBalancer` config asks for (the same object a
+ * `QEEventBusConfig` carries): `strategyFromConfig(config.loadBalancer)`.
+ */
+export function strategyFromConfig(lb: LoadBalancerConfig | undefined): Strategy {
+  if (lb === undefined) return roundRobin();
+  return createStrategy(lb.strategy, lb.weights === undefined ? {} : { weights: lb.weights });
 }

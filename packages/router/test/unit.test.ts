@@ -7,6 +7,7 @@ import {
   hashBased,
   leastConnections,
   roundRobin,
+  strategyFromConfig,
   weighted,
 } from '../src/index.js';
 
@@ -81,6 +82,18 @@ describe('strategies', () => {
     }
     expect(moved / keys.length).toBeGreaterThan(0.05);
     expect(moved / keys.length).toBeLessThan(0.16); // about a tenth
+  });
+
+  it('strategyFromConfig reads spec 000’s loadBalancer config', () => {
+    expect(strategyFromConfig(undefined).name).toBe('round_robin');
+    const s = strategyFromConfig({
+      strategy: 'weighted',
+      weights: new Map([
+        ['m0', 0],
+        ['m1', 1],
+      ]),
+    });
+    expect(s.pick(ev('a'), members(2), 'g')).toBe(1);
   });
 
   it('createStrategy knows spec 000’s names and refuses others', () => {
