@@ -1,4 +1,6 @@
-import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { exportJWK, exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
 import {
   canPublish,
@@ -90,6 +92,34 @@ describe('JWT verification', () => {
       code: 'UNAUTHORIZED',
       message: expect.stringMatching(/not allowed/),
     });
+  });
+
+  it('verifies against a JWKS URL, and refuses a token from a key the set does not hold', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256');
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    const server = createServer((_req, res) =>
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] })),
+    );
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const verifyJwks = createTokenVerifier({
+        algorithms: ['ES256'],
+        jwksUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/jwks.json`,
+      });
+      const good = await new SignJWT({ sub: 'jwks-user' })
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setExpirationTime('5m')
+        .sign(privateKey);
+      expect((await verifyJwks(good)).subject).toBe('jwks-user');
+      const other = await generateKeyPair('ES256');
+      const stranger = await new SignJWT({ sub: 'x' })
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setExpirationTime('5m')
+        .sign(other.privateKey);
+      await expect(verifyJwks(stranger)).rejects.toMatchObject({ code: 'UNAUTHORIZED' });
+    } finally {
+      server.close();
+    }
   });
 
   it('refuses dangerous configurations at start', () => {
