@@ -26,6 +26,7 @@ describe('dashboard in headless Chromium', () => {
           HTTP_GATEWAY_PORT: '0',
           SERVICE_NAME: 'dashboard-test',
           CIRCUIT_FAILURE_THRESHOLD: '5',
+          SHUTDOWN_TIMEOUT: '300',
           METRICS_COLLECTION_INTERVAL: '250',
         },
       }),
