@@ -970,31 +970,35 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   private enqueue(t: Task): void {
     this.queue.push(t, t.level);
-    if (!this.scheduled) this.schedule();
-  }
-
-  private markReady(s: Subscription): void {
-    if (s.parked === null || s.parked.size === 0) return;
-    this.readySubs.push(s);
-    if (!this.scheduled) this.schedule();
+    if (!this.scheduled) {
+      // new work from a publisher or a transport: dispatch at once
+      this.scheduled = true;
+      queueMicrotask(this.drainFn);
+    }
   }
 
   /**
-   * Dispatch runs in microtasks for latency, but a chain of async handlers
-   * resolving at once would then never let the event loop turn, starving the
-   * transport's I/O (its next read, its acks). After `YIELD_EVERY` calls
-   * without a turn, the next round waits for one.
+   * A subscription freed a slot (a handler finished). Dispatch runs in
+   * microtasks for latency, but a chain of async handlers resolving one after
+   * another would then never let the event loop turn, starving the transport's
+   * I/O (its next read, its acks). After `YIELD_EVERY` handler calls with no
+   * turn of the event loop in between, the next round waits for one.
    */
-  private schedule(): void {
+  private markReady(s: Subscription): void {
+    if (s.parked === null || s.parked.size === 0) return;
+    this.readySubs.push(s);
+    if (this.scheduled) return;
     this.scheduled = true;
-    if (this.sinceYield < YIELD_EVERY) queueMicrotask(this.drainFn);
-    else setImmediate(this.turnFn);
+    if (this.sinceTurn < YIELD_EVERY) queueMicrotask(this.drainFn);
+    else setImmediate(this.drainFn);
   }
 
-  private sinceYield = 0;
+  /** Handler calls since the event loop last turned (reset by a setImmediate marker). */
+  private sinceTurn = 0;
+  private turnMarked = false;
   private readonly turnFn = () => {
-    this.sinceYield = 0;
-    this.drain();
+    this.turnMarked = false;
+    this.sinceTurn = 0;
   };
 
   private drain(): void {
@@ -1025,11 +1029,16 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       if (t === undefined) break;
       this.dispatch(t);
     }
-    this.sinceYield += 4096 - budget;
+    this.sinceTurn += 4096 - budget;
+    if (!this.turnMarked) {
+      // fires as soon as the event loop turns: proof that I/O had its chance
+      this.turnMarked = true;
+      setImmediate(this.turnFn);
+    }
     if ((this.queue.size > 0 || this.readySubs.length > 0) && !this.scheduled) {
       // a long backlog: let I/O in between rounds
       this.scheduled = true;
-      setImmediate(this.turnFn);
+      setImmediate(this.drainFn);
     }
   }
 
