@@ -287,6 +287,7 @@ class Subscription {
 
 /** One pending handler call. Doubles as the handler's `ConsumeContext`. */
 class Task implements ConsumeContext {
+  startedAt = 0;
   constructor(
     readonly sub: Subscription,
     readonly delivery: Delivery,
@@ -1067,6 +1068,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     const d = t.delivery;
     // one clock read per call: it dates both the latency sample and the duration
     const started = performance.now();
+    t.startedAt = started;
     if (t.attempt === d.attempt) this.latency.recordMs(toEpoch(started) - d.publishedAt);
     let r: unknown;
     try {

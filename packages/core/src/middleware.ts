@@ -25,12 +25,18 @@ export interface ConsumeContext {
   readonly maxAttempts: number;
   /** The transport delivery (shared by every subscription a broadcast event reached). */
   readonly delivery: Delivery;
+  /**
+   * `performance.now()` when the bus started this call (one clock read the bus
+   * makes anyway), so middleware can time it without another. Add
+   * `performance.timeOrigin` for epoch ms.
+   */
+  readonly startedAt: number;
 }
 
 /** A handler behind middleware: may return a promise; a throw or rejection is a failure. */
 export type ConsumeFn = (event: AgentEvent, context: ConsumeContext) => unknown;
 
-export interface BatchConsumeContext extends Omit<ConsumeContext, 'delivery'> {
+export interface BatchConsumeContext extends Omit<ConsumeContext, 'delivery' | 'startedAt'> {
   readonly deliveries: readonly Delivery[];
 }
 export type BatchConsumeFn = (events: readonly AgentEvent[], context: BatchConsumeContext) => unknown;

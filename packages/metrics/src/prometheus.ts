@@ -282,7 +282,7 @@ export function createPrometheusMiddleware(
     consume(next: ConsumeFn): ConsumeFn {
       return (event: AgentEvent, ctx) => {
         const c = children(event);
-        const started = performance.now();
+        const started = ctx.startedAt;
         if (ctx.attempt === ctx.delivery.attempt)
           c.latency.recordMs(toEpoch(started) - ctx.delivery.publishedAt);
         let r: unknown;

@@ -38,6 +38,7 @@ function ctx(over: Partial<ConsumeContext> = {}): ConsumeContext {
     attempt: 1,
     maxAttempts: 1,
     delivery,
+    startedAt: performance.now(),
     ...over,
   };
 }
