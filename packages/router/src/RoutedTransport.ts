@@ -388,16 +388,12 @@ class InboxConsumer implements TransportConsumer {
     const out: InboxDelivery[] = [];
     for (const [, entries] of res)
       for (const [idBuf, fields] of entries) {
-        if (!fields) continue;
-        const f: Record<string, Buffer> = {};
-        for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]!.toString()] = fields[i + 1]!;
-        let event: AgentEvent;
-        try {
-          event = this.t.serializer.decode(f.e!);
-        } catch {
+        const entry = this.decodeEntry(fields);
+        if (!entry) {
           await this.t.redis.xack(this.inbox, 'g', idBuf.toString());
           continue;
         }
+        const { f, event } = entry;
         const d = new InboxDelivery(
           this,
           idBuf.toString(),
@@ -410,6 +406,19 @@ class InboxConsumer implements TransportConsumer {
       }
     this.t.counters.delivered += out.length;
     for (const d of out) this.admit(d);
+  }
+
+  /** An inbox entry's fields and event, or undefined when it cannot be read (it is skipped). */
+  private decodeEntry(fields: Buffer[] | null): { f: Record<string, Buffer>; event: AgentEvent } | undefined {
+    if (!fields) return undefined;
+    const f: Record<string, Buffer> = {};
+    for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]!.toString()] = fields[i + 1]!;
+    if (!f.e) return undefined;
+    try {
+      return { f, event: this.t.serializer.decode(f.e) };
+    } catch {
+      return undefined;
+    }
   }
 
   /** Lanes: a key's next event waits until the previous one of that key is settled. */
@@ -485,15 +494,9 @@ class InboxConsumer implements TransportConsumer {
       if (live.length === 0) continue;
       const pipe = r.pipeline();
       for (const [, fields] of entries) {
-        if (!fields) continue;
-        const f: Record<string, Buffer> = {};
-        for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]!.toString()] = fields[i + 1]!;
-        let event: AgentEvent;
-        try {
-          event = this.t.serializer.decode(f.e!);
-        } catch {
-          continue;
-        }
+        const entry = this.decodeEntry(fields);
+        if (!entry) continue;
+        const { f, event } = entry;
         const target = live[strategy.pick(event, live, group)]?.id ?? live[0]!.id;
         pipe.xadd(
           this.t.key('inbox', group, target),
