@@ -5,6 +5,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import {
+  createServer as createH2cServer,
   createSecureServer,
   type Http2SecureServer,
   type Http2ServerRequest,
@@ -58,6 +59,12 @@ export interface HttpGatewayOptions {
   host?: string;
   /** HTTP/2 over TLS with ALPN, falling back to HTTP/1.1. Without it: cleartext HTTP/1.1. */
   tls?: { key: string | Buffer; cert: string | Buffer };
+  /**
+   * Also serve cleartext HTTP/2 with prior knowledge (h2c) on this port (0: any
+   * free one). A port of its own: Node's HTTP/2 sessions read the socket
+   * natively, so one cleartext port cannot sniff and serve both protocols.
+   */
+  h2cPort?: number;
   /** CORS allowlist; `*` is never sent together with credentials. */
   cors?: { origins: string[]; credentials?: boolean };
   /** Requests per window per principal (or client address without auth); 429 with Retry-After. */
@@ -87,6 +94,8 @@ export interface HttpGatewayStats {
 
 export interface HttpGateway {
   readonly port: number;
+  /** The h2c port, when `h2cPort` was given. */
+  readonly h2cPort?: number;
   readonly server: Server | Http2SecureServer;
   stats(): HttpGatewayStats;
   close(): Promise<void>;
@@ -407,8 +416,20 @@ export async function createHttpGateway(options: HttpGatewayOptions): Promise<Ht
   }
   await new Promise<void>((resolve) => server.listen(o.port ?? 3000, o.host ?? '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
+  let h2c: ReturnType<typeof createH2cServer> | undefined;
+  if (o.h2cPort !== undefined) {
+    const h = createH2cServer((req, res) => void handle(req, res as AnyRes as unknown as Res));
+    h.setTimeout(o.requestTimeoutMs ?? 10_000);
+    h.on('session', (session) => {
+      sockets.add(session);
+      session.on('close', () => sockets.delete(session));
+    });
+    await new Promise<void>((resolve) => h.listen(o.h2cPort, o.host ?? '127.0.0.1', resolve));
+    h2c = h;
+  }
   return {
     port,
+    ...(h2c ? { h2cPort: (h2c.address() as AddressInfo).port } : {}),
     server,
     stats: () => ({ ...stats, refused: { ...stats.refused } }),
     async close() {
@@ -418,6 +439,7 @@ export async function createHttpGateway(options: HttpGatewayOptions): Promise<Ht
         (server as Server).closeAllConnections?.();
         for (const sock of sockets) sock.destroy();
       });
+      if (h2c) await new Promise<void>((r) => h2c.close(() => r()));
     },
   };
 }

@@ -166,6 +166,40 @@ describe('HTTP gateway (HTTP/1.1, real sockets)', () => {
     ).rejects.toThrow(/wildcard/);
   });
 
+  it('h2c: HTTP/2 with prior knowledge on its cleartext port (curl --http2-prior-knowledge, Node http2)', async () => {
+    const { gw } = await setup({ h2cPort: 0 });
+    const url = `http://127.0.0.1:${gw.h2cPort}`;
+    const h2 = await run('curl', [
+      '-sS',
+      '--http2-prior-knowledge',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_version} %{http_code}',
+      `${url}/health`,
+    ]);
+    expect(h2.stdout).toBe('2 200');
+    const post = await run('curl', [
+      '-sS',
+      '--http2-prior-knowledge',
+      '-H',
+      'content-type: application/json',
+      '-d',
+      JSON.stringify(ev('h2c.curl')),
+      `${url}/events`,
+    ]);
+    expect(JSON.parse(post.stdout).ids).toHaveLength(1);
+    const session = http2Connect(url);
+    cleanups.push(() => session.close());
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = session.request({ ':path': '/events?limit=1' });
+      req.on('response', (h) => resolve(Number(h[':status'])));
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(200);
+  });
+
   it('slowloris: a client dribbling headers is cut off after headersTimeout', async () => {
     const { gw } = await setup({ headersTimeoutMs: 500, requestTimeoutMs: 1000 });
     const sock = net.connect(gw.port, '127.0.0.1');
