@@ -12,6 +12,7 @@ import {
   type Http2ServerResponse,
 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import {
   type AgentEvent,
   ConfigError,
@@ -47,7 +48,7 @@ interface Res {
   writeHead(status: number, headers?: Record<string, string | number>): unknown;
   setHeader(name: string, value: string): unknown;
   write(chunk: string): unknown;
-  end(chunk?: string): unknown;
+  end(chunk?: string | Buffer): unknown;
   on(event: 'close', listener: () => void): unknown;
 }
 type AnyRes = ServerResponse | Http2ServerResponse;
@@ -80,6 +81,8 @@ export interface HttpGatewayOptions {
   deadLetters?: DeadLetterStore;
   /** `GET /metrics`, e.g. from @qe/metrics: `{ contentType: registry.contentType, render: () => registry.metrics() }`. */
   metrics?: { contentType: string; render(): Promise<string> };
+  /** gzip JSON replies of 1 KiB or more to clients that accept it (spec 000 `compression`). Default false. */
+  compression?: boolean;
   /** Bytes an SSE client may fall behind before events for it are dropped (counted). Default 1 MiB. */
   maxSseBufferedBytes?: number;
 }
@@ -154,15 +157,22 @@ export async function createHttpGateway(options: HttpGatewayOptions): Promise<Ht
   const refuse = (code: string) => (stats.refused[code] = (stats.refused[code] ?? 0) + 1);
   const streams = new Set<() => void>();
 
-  const send = (res: Res, status: number, body: unknown, headers: Record<string, string> = {}) => {
+  /** JSON reply; gzip when configured, accepted by the client and worth it (1 KiB or more). */
+  const send = (res: Res, status: number, body: unknown, headers: Record<string, string> = {}, req?: Req) => {
     if (res.headersSent) return;
     const text = JSON.stringify(body);
+    const gzip =
+      o.compression === true &&
+      text.length >= 1024 &&
+      /\bgzip\b/.test(String(req?.headers['accept-encoding'] ?? ''));
+    const payload = gzip ? gzipSync(text) : text;
     res.writeHead(status, {
       'content-type': 'application/json; charset=utf-8',
-      'content-length': Buffer.byteLength(text),
+      'content-length': Buffer.byteLength(payload),
+      ...(gzip ? { 'content-encoding': 'gzip', vary: 'Accept-Encoding' } : {}),
       ...headers,
     });
-    res.end(text);
+    res.end(payload);
   };
   const fail = (res: Res, err: unknown, req?: Req) => {
     const e = err instanceof EventBusError ? err : new EventBusError('HANDLER', toError(err).message);
@@ -294,13 +304,19 @@ export async function createHttpGateway(options: HttpGatewayOptions): Promise<Ht
           const since = url.searchParams.has('since') ? Number(url.searchParams.get('since')) : undefined;
           if (since !== undefined && !Number.isFinite(since))
             throw new ValidationError('since', 'must be epoch milliseconds');
-          return send(res, 200, {
-            events: await o.bus.getRecentEvents({
-              pattern,
-              limit,
-              ...(since === undefined ? {} : { since }),
-            }),
-          });
+          return send(
+            res,
+            200,
+            {
+              events: await o.bus.getRecentEvents({
+                pattern,
+                limit,
+                ...(since === undefined ? {} : { since }),
+              }),
+            },
+            {},
+            req,
+          );
         }
         case 'GET /events/stream':
           return await stream(req, res, url, who.permissions);

@@ -200,6 +200,42 @@ describe('HTTP gateway (HTTP/1.1, real sockets)', () => {
     expect(status).toBe(200);
   });
 
+  it('gzips large JSON replies when configured, serves /metrics when given, and answers 503 when the bus is down', async () => {
+    const { bus, base } = await setup({
+      compression: true,
+      metrics: {
+        contentType: 'text/plain; version=0.0.4',
+        render: async () => '# TYPE qe_up gauge\nqe_up 1\n',
+      },
+    });
+    for (let i = 0; i < 30; i++) await bus.publish(ev('big.history', { pad: 'x'.repeat(100), i }));
+    const raw = await run('curl', [
+      '-sS',
+      '-D',
+      '-',
+      '-o',
+      '/dev/null',
+      '-H',
+      'accept-encoding: gzip',
+      `${base}/events?pattern=big.*&limit=30`,
+    ]);
+    expect(raw.stdout.toLowerCase()).toContain('content-encoding: gzip');
+    const decoded = await fetch(`${base}/events?pattern=big.*&limit=30`, {
+      headers: { 'accept-encoding': 'gzip' },
+    });
+    expect((await decoded.json()).events).toHaveLength(30);
+    const metrics = await fetch(`${base}/metrics`);
+    expect(await metrics.text()).toContain('qe_up 1');
+    await bus.stop();
+    const down = await fetch(`${base}/events`, {
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify(ev('late.x')),
+    });
+    expect([down.status, (await down.json()).error.code]).toEqual([503, 'NOT_CONNECTED']);
+    expect((await fetch(`${base}/health`)).status).toBe(503);
+  });
+
   it('slowloris: a client dribbling headers is cut off after headersTimeout', async () => {
     const { gw } = await setup({ headersTimeoutMs: 500, requestTimeoutMs: 1000 });
     const sock = net.connect(gw.port, '127.0.0.1');

@@ -232,6 +232,29 @@ describe('WebSocket gateway', () => {
     await waitFor(() => gw.stats().dropped > 0, 'drops for the slow client');
   });
 
+  it('rate-limits per principal across that principal’s connections', async () => {
+    const { gw } = await setup({
+      auth,
+      rateLimit: { windowMs: 60_000, maxMessages: 100, perPrincipal: { windowMs: 60_000, maxMessages: 3 } },
+    });
+    const t = await token({ sub: 'greedy', ...everything });
+    const a = await Client.open(gw, { token: t });
+    const b = await Client.open(gw, { token: t });
+    const other = await Client.open(gw, { token: await token({ sub: 'polite', ...everything }) });
+    expect((await a.request({ op: 'ping' })).op).toBe('pong');
+    expect((await a.request({ op: 'ping' })).op).toBe('pong');
+    expect((await b.request({ op: 'ping' })).op).toBe('pong');
+    expect(await b.request({ op: 'ping' })).toMatchObject({ error: { code: 'RATE_LIMITED' } });
+    expect((await other.request({ op: 'ping' })).op).toBe('pong'); // another principal is unaffected
+  });
+
+  it('closes a connection that stays silent past idleTimeoutMs', async () => {
+    const { gw } = await setup({ heartbeatIntervalMs: 50, idleTimeoutMs: 200 });
+    const quiet = await Client.open(gw);
+    await waitFor(() => quiet.closed !== undefined, 'the idle close', 5000);
+    expect(gw.stats().connections).toBe(0);
+  });
+
   it('rate-limits messages per connection with RATE_LIMITED and a retry-after', async () => {
     const { gw } = await setup({ rateLimit: { windowMs: 60_000, maxMessages: 3 } });
     const c = await Client.open(gw);
