@@ -31,7 +31,12 @@ export interface CircuitStats {
   state: CircuitState;
   failures: number;
   successes: number;
+  /** Calls postponed because the circuit was open (or half-open with its trial in flight). */
   rejects: number;
+  /** Times the circuit opened, half-opened and closed again. */
+  opened: number;
+  halfOpened: number;
+  closed: number;
 }
 
 /** Event types published on state changes. */
@@ -57,7 +62,15 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
   const monitoringPeriod = options.monitoringPeriod ?? 30_000;
   for (const [k, v] of Object.entries({ failureThreshold, recoveryTimeout, monitoringPeriod }))
     if (!Number.isInteger(v) || v < 1) throw new ConfigError(k, 'must be a positive integer');
-  const breakers = new Map<string, { breaker: CircuitBreaker; openedAt: number; rejects: number }>();
+  const breakers = new Map<
+    string,
+    {
+      breaker: CircuitBreaker;
+      openedAt: number;
+      rejects: number;
+      transitions: Record<CircuitState, number>;
+    }
+  >();
   let host: MiddlewareHost | undefined;
 
   const stateOf = (b: CircuitBreaker): CircuitState =>
@@ -75,10 +88,11 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
       volumeThreshold: failureThreshold,
       errorThresholdPercentage: options.errorThresholdPercentage ?? 50,
     });
-    const e = { breaker, openedAt: 0, rejects: 0 };
+    const e = { breaker, openedAt: 0, rejects: 0, transitions: { open: 0, half_open: 0, closed: 0 } };
     entry = e;
     const changed = (state: CircuitState) => {
       if (state === 'open') e.openedAt = Date.now();
+      e.transitions[state]++;
       options.onStateChange?.(key, state);
       if (options.publishStateChanges !== false && host)
         void host
@@ -102,12 +116,15 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
       };
     },
     stats: () =>
-      [...breakers].map(([key, { breaker, rejects }]) => ({
+      [...breakers].map(([key, { breaker, rejects, transitions }]) => ({
         key,
         state: stateOf(breaker),
         failures: breaker.stats.failures,
         successes: breaker.stats.successes,
         rejects,
+        opened: transitions.open,
+        halfOpened: transitions.half_open,
+        closed: transitions.closed,
       })),
     state: (key) => {
       const b = breakers.get(key);
@@ -127,12 +144,14 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
         try {
           return await entry.breaker.fire(() => Promise.resolve(next(event, ctx)));
         } catch (err) {
-          if (entry.breaker.opened && (err as { code?: string }).code === 'EOPENBREAKER') {
+          // EOPENBREAKER also comes while half-open with the one trial call in flight:
+          // those events wait for the trial's outcome instead of counting as failures
+          if ((err as { code?: string }).code === 'EOPENBREAKER') {
             entry.rejects++;
-            throw new RetryLaterError(
-              Math.max(10, entry.openedAt + recoveryTimeout - Date.now()),
-              `circuit ${key} is open`,
-            );
+            const wait = entry.breaker.opened
+              ? Math.max(10, entry.openedAt + recoveryTimeout - Date.now())
+              : Math.min(100, Math.max(10, Math.floor(recoveryTimeout / 10)));
+            throw new RetryLaterError(wait, `circuit ${key} is ${stateOf(entry.breaker)}`);
           }
           throw err;
         }

@@ -28,6 +28,12 @@ export interface RetryOptions {
    * Default 5,000 ms.
    */
   scheduleAboveMs?: number;
+  /**
+   * Events with a scheduled retry whose attempt count this middleware keeps
+   * (a bounded map, oldest dropped first), so the count holds even where a
+   * redelivery does not raise the delivery's attempt number. Default 100,000.
+   */
+  maxTrackedEvents?: number;
   /** Called before each retry, for logs and metrics. */
   onRetry?: (info: { error: Error; attempt: number; delayMs: number; scheduled: boolean }) => void;
 }
@@ -39,8 +45,11 @@ export interface RetryOptions {
  * dead-letters the event without retrying again. Use it with the
  * subscription's own `retryAttempts: 0` to avoid retrying twice.
  *
- * Attempts are counted from the delivery's attempt number, so retries that
- * went through the transport (a scheduled redelivery, a crash) count too.
+ * Attempts are counted from the context's attempt number, so retries that
+ * went through the bus or the transport (a scheduled redelivery, a crash)
+ * count too. The final `PermanentError` carries `details.attempts` and says
+ * the count in its message (the bus's dead-letter record counts the calls it
+ * made itself, which is 1 for retries done inside this middleware).
  */
 export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
   const retries = options.retryAttempts ?? 3;
@@ -54,7 +63,18 @@ export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
     scheduleAboveMs: scheduleAbove,
   }))
     if (!Number.isInteger(v) || v < 0) throw new ConfigError(k, 'must be an integer >= 0');
+  const maxTracked = options.maxTrackedEvents ?? 100_000;
+  if (!Number.isInteger(maxTracked) || maxTracked < 1)
+    throw new ConfigError('maxTrackedEvents', 'must be a positive integer');
+  // Attempts already made for events whose retry was scheduled (handed back to
+  // the transport or postponed): neither path is guaranteed to raise the
+  // delivery's attempt number, and without this an event could retry forever.
+  const tracked = new Map<string, number>();
   let durable = false;
+  const remember = (key: string, attempts: number) => {
+    if (tracked.size >= maxTracked) tracked.delete(tracked.keys().next().value as string);
+    tracked.set(key, attempts);
+  };
   return {
     name: RETRY_MIDDLEWARE,
     attach(host: MiddlewareHost) {
@@ -62,24 +82,37 @@ export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
     },
     consume(next: ConsumeFn): ConsumeFn {
       return async (event, ctx) => {
-        let attempt = ctx.delivery.attempt;
+        const trackKey = `${ctx.subscriptionId}\u0000${event.id}`;
+        const before = tracked.get(trackKey);
+        if (before !== undefined) tracked.delete(trackKey);
+        // ctx.attempt already counts the bus's own retries and transport redeliveries
+        let attempt = Math.max(ctx.attempt, ctx.delivery.attempt, before === undefined ? 0 : before + 1);
         for (;;) {
           try {
             return await next(event, ctx);
           } catch (thrown) {
             const error = toError(thrown);
-            if (error instanceof RetryLaterError) throw error;
+            if (error instanceof RetryLaterError) {
+              // postponed by an inner middleware: this attempt did not count
+              if (attempt > 1) remember(trackKey, attempt - 1);
+              throw error;
+            }
             if (error instanceof PermanentError) throw error;
             if (options.retryIf && !options.retryIf(error))
-              throw new PermanentError(`not retried (retryIf): ${error.message}`, { cause: error });
+              throw new PermanentError(`not retried (retryIf): ${error.message}`, {
+                cause: error,
+                details: { attempts: attempt },
+              });
             if (attempt > retries)
               throw new PermanentError(`failed after ${attempt} attempts: ${error.message}`, {
                 cause: error,
+                details: { attempts: attempt },
               });
             const delayMs = backoffDelay(attempt, base, cap);
             const scheduled = delayMs >= scheduleAbove;
             options.onRetry?.({ error, attempt, delayMs, scheduled });
             if (scheduled) {
+              remember(trackKey, attempt);
               if (durable && ctx.group !== null) {
                 // the transport keeps it and redelivers with attempt + 1; nothing held here
                 ctx.delivery.nack(delayMs);

@@ -5,7 +5,12 @@ import { RedisStreamsTransport } from '@qe/redis-transport';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RedisTokenBuckets } from '../src/index.js';
+import {
+  createCircuitBreaker,
+  createRetryMiddleware,
+  DeadLetterManager,
+  RedisTokenBuckets,
+} from '../src/index.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const children: ChildProcess[] = [];
@@ -54,6 +59,113 @@ function worker(args: string[]) {
   });
   return { proc, lines };
 }
+
+const stops: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const s of stops.splice(0)) await s();
+});
+async function redisBus(p: string) {
+  const bus = new QEEventBus({
+    nodeId: `rel-redis-${stops.length}`,
+    retryAttempts: 0,
+    transport: new RedisStreamsTransport({ url: URL_, keyPrefix: `${p}:bus`, blockMs: 50 }),
+  });
+  await bus.start();
+  stops.unshift(() => bus.stop());
+  return bus;
+}
+
+describe('reliability composed on a bus over the Redis Streams transport', () => {
+  for (const scheduled of [false, true])
+    it(`a poison event ends in the DLQ after exactly the configured attempts at the backoff schedule (${
+      scheduled ? 'retries as scheduled redeliveries' : 'retries in process'
+    }); redrive delivers it once`, async () => {
+      const bus = await redisBus(prefix());
+      const calls: number[] = [];
+      const planned: { delayMs: number; scheduled: boolean }[] = [];
+      let poisoned = true;
+      await bus.subscribe(
+        'order.*',
+        () => {
+          calls.push(performance.now());
+          if (poisoned) throw new Error('poison');
+        },
+        {
+          group: 'billing',
+          middleware: [
+            createRetryMiddleware({
+              retryAttempts: 3,
+              retryDelay: 40,
+              maxRetryDelay: 400,
+              scheduleAboveMs: scheduled ? 0 : 10_000,
+              onRetry: (i) => planned.push({ delayMs: i.delayMs, scheduled: i.scheduled }),
+            }),
+          ],
+        },
+      ).ready;
+      const e = await bus.publish({ type: 'order.placed', agentId: 'shop', data: { sku: 'x', n: 7 } });
+      const dlq = DeadLetterManager.of(bus.deadLetters);
+      await waitFor(async () => (await dlq.depth()) === 1, 'the dead letter', 15_000);
+      expect(calls).toHaveLength(4);
+      expect(planned.map((p) => p.scheduled)).toEqual([scheduled, scheduled, scheduled]);
+      planned.forEach((p, i) => {
+        expect(p.delayMs).toBeLessThan(40 * 2 ** i);
+        expect(calls[i + 1]! - calls[i]!).toBeGreaterThanOrEqual(p.delayMs - 1);
+      });
+      const [dl] = await dlq.list({ pattern: 'order.*' });
+      expect(dl).toMatchObject({
+        reason: 'permanent',
+        subscriptionId: expect.any(String),
+        group: 'billing',
+        event: { id: e.id, type: 'order.placed', data: { sku: 'x', n: 7 } },
+        error: {
+          name: 'PermanentError',
+          message: expect.stringContaining('failed after 4 attempts: poison'),
+        },
+      });
+      expect(dl!.error!.stack).toContain('PermanentError');
+      poisoned = false;
+      expect(await dlq.redrive({ pattern: 'order.*' })).toBe(1);
+      await waitFor(() => calls.length === 5, 'the redriven call', 10_000);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(calls).toHaveLength(5);
+      expect(await dlq.depth()).toBe(0);
+    });
+
+  it('a breaker opens after the threshold, fails fast, half-opens after the timeout and closes on success, losing nothing', async () => {
+    const bus = await redisBus(prefix());
+    const states: string[] = [];
+    const breaker = createCircuitBreaker({
+      failureThreshold: 3,
+      recoveryTimeout: 200,
+      monitoringPeriod: 10_000,
+      onStateChange: (_k, s) => states.push(s),
+    });
+    let healthy = false;
+    let calls = 0;
+    const handled = new Set<number>();
+    await bus.subscribe(
+      'pay.*',
+      (e) => {
+        calls++;
+        if (!healthy) throw new Error('payment service down');
+        handled.add((e.data as { i: number }).i);
+      },
+      // three attempts each: without the breaker's postponement, events would be dead-lettered
+      { group: 'pay', retryAttempts: 2, retryDelay: 5, maxConcurrency: 4, middleware: [breaker] },
+    ).ready;
+    for (let i = 0; i < 12; i++) await bus.publish({ type: 'pay.charge', agentId: 'a', data: { i } });
+    await waitFor(() => states.includes('open'), 'the circuit to open', 10_000);
+    const callsWhenOpened = calls;
+    await new Promise((r) => setTimeout(r, 100));
+    expect(calls).toBe(callsWhenOpened);
+    healthy = true;
+    await waitFor(() => handled.size === 12, 'every event handled', 15_000);
+    expect(states.slice(0, 3)).toEqual(['open', 'half_open', 'closed']);
+    expect(await bus.deadLetters!.count()).toBe(0);
+    expect(breaker.stats()[0]).toMatchObject({ state: 'closed', opened: 1, closed: 1 });
+  });
+});
 
 describe('reliability across processes (Redis)', () => {
   it('two processes sharing a Redis rate limit together stay within it', async () => {

@@ -11,7 +11,9 @@ import {
 import { describe, expect, it } from 'vitest';
 import {
   backoffDelay,
+  CIRCUIT_EVENTS,
   createBulkhead,
+  createCircuitBreaker,
   createIdempotency,
   createRateLimiter,
   createRetryMiddleware,
@@ -59,8 +61,8 @@ const host = (durable: boolean): MiddlewareHost => ({
   publish: async () => undefined,
   on: () => undefined,
 });
-const wrap = (m: Middleware, fn: ConsumeFn, durable = false) => {
-  m.attach?.(host(durable));
+const wrap = (m: Middleware, fn: ConsumeFn, durable = false, h = host(durable)) => {
+  m.attach?.(h);
   return m.consume!(fn);
 };
 
@@ -125,7 +127,28 @@ describe('retry middleware', () => {
     ).rejects.toBeInstanceOf(RetryLaterError);
   });
 
+  it('counts scheduled retries itself, so a redelivery that keeps attempt 1 still ends after retryAttempts', async () => {
+    const m = { retryAttempts: 2, retryDelay: 10_000, maxRetryDelay: 10_000, scheduleAboveMs: 0 };
+    let calls = 0;
+    const fn = wrap(createRetryMiddleware(m), () => {
+      calls++;
+      throw new Error('still failing');
+    });
+    const outcomes: unknown[] = [];
+    // the same delivery comes back each time with attempt 1, as after a postponement
+    for (let i = 0; i < 3; i++)
+      outcomes.push(await Promise.resolve(fn(event, ctx())).catch((e: unknown) => e));
+    expect(outcomes[0]).toBeInstanceOf(RetryLaterError);
+    expect(outcomes[1]).toBeInstanceOf(RetryLaterError);
+    expect(outcomes[2]).toBeInstanceOf(PermanentError);
+    expect((outcomes[2] as PermanentError).details).toMatchObject({ attempts: 3 });
+    expect(calls).toBe(3);
+    // after the final failure the count is forgotten: a redriven copy starts over
+    await expect(Promise.resolve(fn(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+  });
+
   it('rejects bad options by name', () => {
+    expect(() => createRetryMiddleware({ maxTrackedEvents: 0 })).toThrow(/maxTrackedEvents/);
     expect(() => createRetryMiddleware({ retryAttempts: -1 })).toThrow(/retryAttempts/);
   });
 });
@@ -216,5 +239,84 @@ describe('rate limiter and idempotency (in memory)', () => {
     await expect(Promise.resolve(slow(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
     release();
     await first;
+  });
+});
+
+describe('circuit breaker (alone)', () => {
+  it('opens after the threshold, postpones without calling, half-opens, lets one trial through, closes', async () => {
+    const published: { type: string; data: unknown }[] = [];
+    const h: MiddlewareHost = {
+      ...host(false),
+      publish: async (e) => void published.push({ type: e.type, data: e.data }),
+    };
+    const breaker = createCircuitBreaker({
+      failureThreshold: 2,
+      recoveryTimeout: 80,
+      monitoringPeriod: 10_000,
+    });
+    let calls = 0;
+    let healthy = false;
+    let release: () => void = () => {};
+    const fn = wrap(
+      breaker,
+      async () => {
+        calls++;
+        if (!healthy) throw new Error('down');
+        await new Promise<void>((r) => (release = r));
+      },
+      false,
+      h,
+    );
+    await expect(fn(event, ctx())).rejects.toThrow('down');
+    await expect(fn(event, ctx())).rejects.toThrow('down');
+    expect(breaker.state('s1')).toBe('open');
+    // open: fails fast with RETRY_LATER (the event waits), the handler is not called
+    const early = await Promise.resolve(fn(event, ctx())).catch((e: unknown) => e);
+    expect(early).toBeInstanceOf(RetryLaterError);
+    expect((early as RetryLaterError).delayMs).toBeGreaterThan(0);
+    expect((early as RetryLaterError).delayMs).toBeLessThanOrEqual(80);
+    expect(calls).toBe(2);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(breaker.state('s1')).toBe('half_open');
+    healthy = true;
+    const trial = fn(event, ctx());
+    // while the one trial call is in flight, others wait too instead of failing
+    const concurrent = await Promise.resolve(fn(event, ctx())).catch((e: unknown) => e);
+    expect(concurrent).toBeInstanceOf(RetryLaterError);
+    expect(calls).toBe(3);
+    release();
+    await trial;
+    expect(breaker.state('s1')).toBe('closed');
+    expect(breaker.stats()[0]).toMatchObject({ opened: 1, halfOpened: 1, closed: 1, rejects: 2 });
+    await new Promise((r) => setTimeout(r, 0));
+    expect(published.map((p) => p.type)).toEqual([
+      CIRCUIT_EVENTS.open,
+      CIRCUIT_EVENTS.half_open,
+      CIRCUIT_EVENTS.closed,
+    ]);
+    expect(published[0]!.data).toEqual({ key: 's1', state: 'open' });
+  });
+
+  it('keeps one breaker per key, so one failing downstream does not stop another', async () => {
+    const breaker = createCircuitBreaker({
+      failureThreshold: 1,
+      recoveryTimeout: 10_000,
+      key: (e) => String((e.data as { svc: string }).svc),
+    });
+    const fn = wrap(breaker, (e) => {
+      if ((e.data as { svc: string }).svc === 'bad') throw new Error('bad downstream');
+    });
+    const bad = { ...event, data: { svc: 'bad' } };
+    const good = { ...event, data: { svc: 'good' } };
+    await expect(fn(bad, ctx())).rejects.toThrow('bad downstream');
+    await expect(Promise.resolve(fn(bad, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+    await expect(Promise.resolve(fn(good, ctx()))).resolves.toBeUndefined();
+    expect(breaker.state('bad')).toBe('open');
+    expect(breaker.state('good')).toBe('closed');
+  });
+
+  it('rejects bad options by name', () => {
+    expect(() => createCircuitBreaker({ failureThreshold: 0 })).toThrow(/failureThreshold/);
+    expect(() => createCircuitBreaker({ recoveryTimeout: 1.5 })).toThrow(/recoveryTimeout/);
   });
 });
