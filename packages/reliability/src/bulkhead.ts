@@ -1,4 +1,11 @@
-import { ConfigError, type ConsumeFn, type Middleware, QueueFullError, RetryLaterError } from '@qe/core';
+import {
+  ConfigError,
+  type ConsumeFn,
+  EventPriority,
+  type Middleware,
+  QueueFullError,
+  RetryLaterError,
+} from '@qe/core';
 
 export interface BulkheadOptions {
   /** Calls running at once. */
@@ -6,12 +13,17 @@ export interface BulkheadOptions {
   /** Calls waiting for a slot. Default 0. */
   maxQueue?: number;
   /**
-   * When the waiting queue is full too: `fail` throws `QUEUE_FULL` (the bus
-   * retries it, then dead-letters), `retry-later` postpones it without using an
-   * attempt, `shed` drops it (acknowledged unhandled) and counts it. Default `retry-later`.
+   * When the waiting queue is full too (SEMANTICS' backpressure policy):
+   * `wait` (alias `retry-later`) postpones the event without using an attempt,
+   * so it waits and is not lost; `fail` throws `QUEUE_FULL` (the bus retries
+   * it, then dead-letters); `shed` drops events at `shedPriority` or less
+   * urgent (acknowledged unhandled, counted) while more urgent ones wait.
+   * Default `wait`.
    */
-  overflow?: 'fail' | 'retry-later' | 'shed';
-  /** Postponement for `retry-later`, ms. Default 100. */
+  overflow?: 'wait' | 'retry-later' | 'fail' | 'shed';
+  /** With `overflow: 'shed'`, the most urgent priority that may be shed. Default `EventPriority.LOW` (LOW and BULK). */
+  shedPriority?: EventPriority;
+  /** How long a waiting event is postponed before it tries again, ms. Default 100. */
   retryLaterMs?: number;
 }
 
@@ -34,9 +46,12 @@ export function createBulkhead(options: BulkheadOptions): Middleware & { stats()
   const maxQueue = options.maxQueue ?? 0;
   if (!Number.isInteger(maxQueue) || maxQueue < 0)
     throw new ConfigError('maxQueue', 'must be an integer >= 0');
-  const overflow = options.overflow ?? 'retry-later';
-  if (!['fail', 'retry-later', 'shed'].includes(overflow))
-    throw new ConfigError('overflow', "must be 'fail', 'retry-later' or 'shed'");
+  const overflow = options.overflow ?? 'wait';
+  if (!['wait', 'fail', 'retry-later', 'shed'].includes(overflow))
+    throw new ConfigError('overflow', "must be 'wait', 'fail' or 'shed'");
+  const shedFrom = options.shedPriority ?? EventPriority.LOW;
+  if (!Number.isInteger(shedFrom) || shedFrom < 0 || shedFrom > 4)
+    throw new ConfigError('shedPriority', 'must be an EventPriority (0-4)');
   const counters: BulkheadStats = { running: 0, queued: 0, rejected: 0, shed: 0, postponed: 0 };
   const waiting: (() => void)[] = [];
   const release = () => {
@@ -53,7 +68,7 @@ export function createBulkhead(options: BulkheadOptions): Middleware & { stats()
       return async (event, ctx) => {
         if (counters.running >= options.maxConcurrent) {
           if (waiting.length >= maxQueue) {
-            if (overflow === 'shed') {
+            if (overflow === 'shed' && event.priority >= shedFrom) {
               counters.shed++;
               return;
             }

@@ -26,7 +26,7 @@ describe('reliability on a bus (memory transport)', () => {
     const calls: number[] = [];
     const planned: number[] = [];
     let poisoned = true;
-    b.subscribe(
+    const sub = b.subscribe(
       'order.*',
       () => {
         calls.push(performance.now());
@@ -54,9 +54,12 @@ describe('reliability on a bus (memory transport)', () => {
     const [dl] = await dlq.list();
     expect(dl).toMatchObject({
       reason: 'permanent',
-      event: { id: e.id, data: { sku: 'x' } },
-      error: { name: 'PermanentError' },
+      subscriptionId: sub.id,
+      pattern: 'order.*',
+      event: { id: e.id, type: 'order.placed', agentId: 'shop', data: { sku: 'x' } },
+      error: { name: 'PermanentError', message: 'failed after 4 attempts: poison' },
     });
+    expect(dl!.error!.stack).toContain('PermanentError');
     expect(await dlq.inspect(dl!.id)).toMatchObject({ id: dl!.id });
     await expect(dlq.inspect('nope')).rejects.toMatchObject({ code: 'NOT_FOUND' });
     poisoned = false;

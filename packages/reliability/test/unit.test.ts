@@ -165,8 +165,14 @@ describe('timeout and bulkhead', () => {
     expect(() => createTimeoutMiddleware({ timeoutMs: 0 })).toThrow(/timeoutMs/);
   });
 
+  it('rejects bad bulkhead options by name', () => {
+    expect(() => createBulkhead({ maxConcurrent: 0 })).toThrow(/maxConcurrent/);
+    expect(() => createBulkhead({ maxConcurrent: 1, overflow: 'drop' as 'shed' })).toThrow(/overflow/);
+    expect(() => createBulkhead({ maxConcurrent: 1, shedPriority: 7 as 4 })).toThrow(/shedPriority/);
+  });
+
   it('caps concurrency, queues up to maxQueue, then applies the overflow policy and counts', async () => {
-    for (const overflow of ['fail', 'shed', 'retry-later'] as const) {
+    for (const overflow of ['fail', 'shed', 'wait'] as const) {
       const b = createBulkhead({ maxConcurrent: 2, maxQueue: 1, overflow });
       let running = 0;
       let peak = 0;
@@ -185,8 +191,17 @@ describe('timeout and bulkhead', () => {
       );
       expect(b.stats()).toMatchObject({ running: 2, queued: 1 });
       if (overflow === 'fail') expect(fourth).toBe('QUEUE_FULL');
-      if (overflow === 'shed') expect([fourth, b.stats().shed]).toEqual(['resolved', 1]);
-      if (overflow === 'retry-later') expect(fourth).toBe('RETRY_LATER');
+      if (overflow === 'shed') {
+        // a NORMAL event is not shed under the default shedPriority (LOW): it waits
+        expect(fourth).toBe('RETRY_LATER');
+        const bulk = await Promise.resolve(fn({ ...event, priority: 4 }, ctx())).then(
+          () => 'resolved',
+          (e: { code?: string }) => e.code,
+        );
+        expect([bulk, b.stats().shed, b.stats().postponed]).toEqual(['resolved', 1, 1]);
+      }
+      if (overflow === 'wait') expect([fourth, b.stats().postponed]).toEqual(['RETRY_LATER', 1]);
+      if (overflow === 'fail') expect(b.stats().rejected).toBe(1);
       release();
       await Promise.all(calls);
       expect(peak).toBe(2);
