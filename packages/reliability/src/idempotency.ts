@@ -1,4 +1,11 @@
-import { type AgentEvent, ConfigError, type ConsumeFn, type Middleware, RetryLaterError } from '@qe/core';
+import {
+  type AgentEvent,
+  ConfigError,
+  type ConsumeContext,
+  type ConsumeFn,
+  type Middleware,
+  RetryLaterError,
+} from '@qe/core';
 import type { Redis } from 'ioredis';
 
 /**
@@ -13,10 +20,21 @@ export interface IdempotencyStore {
 
 /** Marks in this process: a bounded LRU (oldest marks evicted first). */
 export class MemoryIdempotencyStore implements IdempotencyStore {
-  private readonly marks = new Map<string, { state: 'p' | 'd'; until: number }>();
+  /** @internal read by the middleware's fast path */
+  readonly marks = new Map<string, { state: 'p' | 'd'; until: number }>();
   constructor(private readonly maxKeys = 100_000) {}
 
   async claim(key: string, processingMs: number): Promise<'new' | 'done' | 'busy'> {
+    return this.claimNow(key, processingMs);
+  }
+  async complete(key: string, windowMs: number): Promise<void> {
+    this.completeNow(key, windowMs);
+  }
+  async release(key: string): Promise<void> {
+    this.marks.delete(key);
+  }
+  /** `claim` without a promise, for the middleware's synchronous fast path. */
+  claimNow(key: string, processingMs: number): 'new' | 'done' | 'busy' {
     const now = Date.now();
     const m = this.marks.get(key);
     if (m && m.until > now) return m.state === 'd' ? 'done' : 'busy';
@@ -25,12 +43,10 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     this.marks.set(key, { state: 'p', until: now + processingMs });
     return 'new';
   }
-  async complete(key: string, windowMs: number): Promise<void> {
+  /** `complete` without a promise: the key moves to the newest end of the LRU. */
+  completeNow(key: string, windowMs: number): void {
     this.marks.delete(key);
     this.marks.set(key, { state: 'd', until: Date.now() + windowMs });
-  }
-  async release(key: string): Promise<void> {
-    this.marks.delete(key);
   }
   get size(): number {
     return this.marks.size;
@@ -95,10 +111,50 @@ export function createIdempotency(
   const store = options.store ?? new MemoryIdempotencyStore();
   const keyOf = options.key ?? ((e: AgentEvent) => e.id);
   const counters: IdempotencyStats = { handled: 0, duplicates: 0, busy: 0 };
+  const memory = store instanceof MemoryIdempotencyStore ? store : null;
+  // Same steps as the general path, without a promise per event when the
+  // handler is synchronous (the bus keeps its fast path for those).
+  const inMemory = (key: string, event: AgentEvent, ctx: ConsumeContext, next: ConsumeFn): unknown => {
+    const m = memory as MemoryIdempotencyStore;
+    const state = m.claimNow(key, processingMs);
+    if (state === 'done') {
+      counters.duplicates++;
+      return undefined;
+    }
+    if (state === 'busy') {
+      counters.busy++;
+      throw new RetryLaterError(options.busyRetryMs ?? 200, `${key} is being handled elsewhere`);
+    }
+    let r: unknown;
+    try {
+      r = next(event, ctx);
+    } catch (err) {
+      m.marks.delete(key);
+      throw err;
+    }
+    if (r instanceof Promise)
+      return r.then(
+        (v) => {
+          m.completeNow(key, windowMs);
+          counters.handled++;
+          return v;
+        },
+        (err: unknown) => {
+          m.marks.delete(key);
+          throw err;
+        },
+      );
+    m.completeNow(key, windowMs);
+    counters.handled++;
+    return r;
+  };
   return {
     name: 'idempotency',
     stats: () => ({ ...counters }),
     consume(next: ConsumeFn): ConsumeFn {
+      if (memory)
+        return (event, ctx) =>
+          inMemory(`${ctx.group ?? ctx.subscriptionId}:${keyOf(event)}`, event, ctx, next);
       return async (event, ctx) => {
         const key = `${ctx.group ?? ctx.subscriptionId}:${keyOf(event)}`;
         const state = await store.claim(key, processingMs);

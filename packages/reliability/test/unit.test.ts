@@ -247,11 +247,21 @@ describe('rate limiter and idempotency (in memory)', () => {
     await fn(event, ctx());
     expect(calls).toBe(2);
     expect(idem.stats()).toMatchObject({ handled: 1, duplicates: 2 });
+    // a synchronous handler stays synchronous through the in-memory store
+    let syncCalls = 0;
+    const sync = wrap(createIdempotency(), () => {
+      syncCalls++;
+      return 'ok';
+    });
+    expect(sync(event, ctx())).toBe('ok');
+    expect(sync(event, ctx())).toBeUndefined();
+    expect(syncCalls).toBe(1);
     let release!: () => void;
     const slow = wrap(createIdempotency(), () => new Promise<void>((r) => (release = r)));
     const first = Promise.resolve(slow(event, ctx()));
     await new Promise((r) => setTimeout(r, 5));
-    await expect(Promise.resolve(slow(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+    // a synchronous throw is a failure as much as a rejection (ConsumeFn's contract)
+    await expect((async () => slow(event, ctx()))()).rejects.toBeInstanceOf(RetryLaterError);
     release();
     await first;
   });
