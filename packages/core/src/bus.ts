@@ -1193,7 +1193,11 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
           : {}),
         ...(err.stack === undefined ? {} : { stack: err.stack }),
       },
-      attempts: t.attempt,
+      // a retry middleware made more calls than the bus saw; it says how many in details.attempts
+      attempts: Math.max(
+        t.attempt,
+        Number((err as { details?: { attempts?: unknown } }).details?.attempts) || 0,
+      ),
       subscriptionId: s.id,
       pattern: s.patterns.join(','),
       group: s.group,

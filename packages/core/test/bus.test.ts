@@ -322,6 +322,17 @@ describe('retries, timeouts and dead letters', () => {
     expect(seen).toEqual(['b-broadcast']);
   });
 
+  it('a dead letter counts the attempts a retry middleware reports (details.attempts)', async () => {
+    const bus = await makeBus({ retryAttempts: 0 });
+    bus.subscribe('mw.*', () => {
+      throw new PermanentError('gave up after 4 attempts', { details: { attempts: 4 } });
+    });
+    await bus.publish(ev('mw.x'));
+    await waitFor(() => bus.getDetailedMetrics().deadLettered === 1);
+    const [dl] = await bus.deadLetters!.list();
+    expect(dl!.attempts).toBe(4);
+  });
+
   it('times out slow handlers with TIMEOUT and retries them', async () => {
     const bus = await makeBus({ retryAttempts: 1 });
     const attempts: number[] = [];
