@@ -308,6 +308,9 @@ class Task implements ConsumeContext {
   get maxAttempts(): number {
     return this.sub.maxAttempts;
   }
+  get exclusive(): boolean {
+    return this.share === null;
+  }
 }
 
 interface Binding {

@@ -31,12 +31,18 @@ export interface ConsumeContext {
    * `performance.timeOrigin` for epoch ms.
    */
   readonly startedAt: number;
+  /**
+   * True when this subscription is the only one the delivery reached (always
+   * for a group), so settling the delivery itself (`delivery.nack(delay)`)
+   * affects no other subscription.
+   */
+  readonly exclusive: boolean;
 }
 
 /** A handler behind middleware: may return a promise; a throw or rejection is a failure. */
 export type ConsumeFn = (event: AgentEvent, context: ConsumeContext) => unknown;
 
-export interface BatchConsumeContext extends Omit<ConsumeContext, 'delivery' | 'startedAt'> {
+export interface BatchConsumeContext extends Omit<ConsumeContext, 'delivery' | 'startedAt' | 'exclusive'> {
   readonly deliveries: readonly Delivery[];
 }
 export type BatchConsumeFn = (events: readonly AgentEvent[], context: BatchConsumeContext) => unknown;

@@ -23,7 +23,7 @@ export interface RetryOptions {
   retryIf?: (error: Error) => boolean;
   /**
    * Delays at least this long are not waited out in memory: on a durable
-   * transport a group delivery is handed back (`delivery.nack(delay)`) and
+   * transport a delivery that reached only this subscription (`ctx.exclusive`, always so in a group) is handed back (`delivery.nack(delay)`) and
    * Redis redelivers it; elsewhere the bus postpones it (`RetryLaterError`).
    * Default 5,000 ms.
    */
@@ -113,7 +113,7 @@ export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
             options.onRetry?.({ error, attempt, delayMs, scheduled });
             if (scheduled) {
               remember(trackKey, attempt);
-              if (durable && ctx.group !== null) {
+              if (durable && ctx.exclusive) {
                 // the transport keeps it and redelivers with attempt + 1; nothing held here
                 ctx.delivery.nack(delayMs);
                 return;

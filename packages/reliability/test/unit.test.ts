@@ -41,6 +41,7 @@ function ctx(over: Partial<ConsumeContext> = {}): ConsumeContext {
     maxAttempts: 1,
     delivery,
     startedAt: performance.now(),
+    exclusive: false,
     ...over,
   };
 }
@@ -114,7 +115,7 @@ describe('retry middleware', () => {
 
   it('hands a long delay to a durable transport (nack) for a group delivery, postpones it otherwise', async () => {
     const nacks: (number | undefined)[] = [];
-    const c = ctx({ group: 'g' });
+    const c = ctx({ group: 'g', exclusive: true });
     (c.delivery as { nack: (d?: number) => void }).nack = (d) => void nacks.push(d);
     const failing = () => {
       throw new Error('slow dependency');
