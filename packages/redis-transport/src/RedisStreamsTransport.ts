@@ -362,8 +362,6 @@ export class RedisStreamsTransport implements Transport {
     this.inFlightEvents -= n;
     if (p.left > 0) return;
     if (p.error) {
-      const accepted = p.events.length; // counted per command below
-      void accepted;
       p.reject(
         p.error instanceof EventBusError
           ? p.error
