@@ -1,3 +1,4 @@
+// The assertions (expect) live in the kit: every case it registers checks this transport.
 import { describeTransportConformance } from '@qe/transport-conformance';
 import { RedisStreamsTransport } from '../src/index.js';
 import { deletePrefix, REDIS_URL, uniquePrefix } from './helpers.js';

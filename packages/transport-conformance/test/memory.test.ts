@@ -1,3 +1,4 @@
+// The assertions (expect) live in the kit: every case it registers checks this transport.
 import { MemoryBroker, MemoryTransport } from '@qe/core';
 import { describeTransportConformance } from '../src/index.js';
 
