@@ -58,6 +58,28 @@ describe('codecs and frames', () => {
     expect(() => json.encodeWire({ ...event, data: cyclic })).toThrow(CodecError);
   });
 
+  it('decodes a JSON frame held in a slice of a larger Buffer (as Redis replies arrive)', () => {
+    const s = createSerializer('json');
+    const frame = s.encode(event);
+    const big = Buffer.concat([Buffer.from('junk'), frame, Buffer.from('more')]);
+    expect(s.decode(big.subarray(4, 4 + frame.length))).toEqual(event);
+    const broken = Buffer.concat([frame.subarray(0, frame.length - 3)]);
+    expect(() => s.decode(broken)).toThrow(CodecError);
+  });
+
+  it("a replacement codec named 'json' with id 'j' is used, not the built-in fast path", () => {
+    const upper: Codec = {
+      id: 'j',
+      name: 'json',
+      encode: (e) => Buffer.from(JSON.stringify({ ...e, type: e.type.toUpperCase() })),
+      decode: (b) => ({ ...JSON.parse(Buffer.from(b).toString()), replaced: true }),
+    };
+    const s = new Serializer({ codec: upper });
+    const decoded = s.decode(s.encode(event)) as AgentEvent & { replaced?: boolean };
+    expect(decoded.replaced).toBe(true);
+    expect(decoded.type).toBe('TASK.CREATE');
+  });
+
   it('reads headerless JSON (plain producers) and accepts strings', () => {
     const s = createSerializer('msgpack');
     expect(s.decode(JSON.stringify(event))).toEqual(event);

@@ -26,6 +26,7 @@ export type Compression = 'none' | 'gzip' | 'brotli';
 export const FRAME_MAGIC_0 = 0x51; // Q
 export const FRAME_MAGIC_1 = 0x45; // E
 const COMPRESSION_CHAR: Record<Compression, number> = { none: 0x2d, gzip: 0x7a, brotli: 0x62 };
+const JSON_ID = 0x6a; // 'j', jsonCodec.id
 
 export const jsonCodec: Codec = {
   id: 'j',
@@ -74,12 +75,15 @@ export class Serializer {
   readonly compressAbove: number;
   private readonly byId = new Map<number, Codec>();
   private readonly header: Buffer;
+  /** 'j' is the built-in JSON codec (not a same-named replacement), so its frames take the fast path. */
+  private readonly jsonFast: boolean;
 
   constructor(options: SerializerOptions = {}) {
     this.codec = options.codec ?? jsonCodec;
     this.compression = options.compression ?? 'none';
     this.compressAbove = options.compressAbove ?? 1024;
     for (const c of [jsonCodec, msgpackCodec, ...(options.codecs ?? []), this.codec]) this.register(c);
+    this.jsonFast = this.byId.get(JSON_ID) === jsonCodec;
     this.header = Buffer.from([FRAME_MAGIC_0, FRAME_MAGIC_1, this.codec.id.charCodeAt(0), 0x2d]);
   }
 
@@ -137,6 +141,19 @@ export class Serializer {
   decode(frame: Uint8Array | string): AgentEvent {
     const bytes = typeof frame === 'string' ? Buffer.from(frame, 'utf8') : frame;
     if (bytes.byteLength >= 4 && bytes[0] === FRAME_MAGIC_0 && bytes[1] === FRAME_MAGIC_1) {
+      // the common frame, uncompressed JSON from a Buffer: parse straight from the bytes, no views
+      if (
+        this.jsonFast &&
+        bytes[2] === JSON_ID &&
+        bytes[3] === COMPRESSION_CHAR.none &&
+        bytes instanceof Buffer
+      ) {
+        try {
+          return JSON.parse(bytes.toString('utf8', 4));
+        } catch (err) {
+          throw new CodecError(`cannot decode json frame: ${(err as Error).message}`, { cause: err });
+        }
+      }
       const codec = this.byId.get(bytes[2]!);
       if (!codec)
         throw new CodecError(`unknown codec id '${String.fromCharCode(bytes[2]!)}' in frame header`);
