@@ -30,12 +30,14 @@ import { Cluster, Redis } from 'ioredis';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
-import { DEAD_LETTER_2, REDRIVE_2 } from './scripts.js';
+import { DEAD_LETTER_2, PUBLISH_5, REDRIVE_2 } from './scripts.js';
 
 export type RedisClient = Redis | Cluster;
 
 /** The custom commands defined from `scripts.ts`. */
 interface ScriptCommands {
+  /** `publish-5`: five stream keys, trim strategy, threshold and cap, then (level, time, frame) triples. */
+  qePublish(...args: (string | Buffer)[]): Promise<[number, number]>;
   qeDeadLetter(
     stream: string,
     dlq: string,
@@ -78,19 +80,30 @@ interface PendingPublish {
   error: Error | undefined;
 }
 
+/** Events per `publish-5` call: large enough to amortise a request, small enough not to hold Redis long. */
+const PUBLISH_CHUNK = 256;
+const LEVEL_ARG = ['0', '1', '2', '3', '4'] as const;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export function createClient(o: ResolvedOptions): RedisClient {
   return o.cluster ? new Cluster(o.cluster.nodes, o.cluster.options) : new Redis(o.redis);
 }
 
+/** Whether a field name is the one-byte name `c` (compared on bytes: no string per field). */
+function isField(name: Buffer, c: number): boolean {
+  return name.length === 1 && name[0] === c;
+}
+const FIELD_E = 0x65; // 'e': the frame
+const FIELD_T = 0x74; // 't': publish time, ms
+
 function fieldsOf(fields: Buffer[] | null): { e?: Buffer; t?: number } {
   if (!fields) return {};
   const out: { e?: Buffer; t?: number } = {};
   for (let i = 0; i + 1 < fields.length; i += 2) {
-    const k = fields[i]!.toString();
-    if (k === 'e') out.e = fields[i + 1]!;
-    else if (k === 't') out.t = Number(fields[i + 1]!.toString());
+    const k = fields[i]!;
+    if (isField(k, FIELD_E)) out.e = fields[i + 1]!;
+    else if (isField(k, FIELD_T)) out.t = Number(fields[i + 1]!.toString('latin1'));
   }
   return out;
 }
@@ -148,6 +161,8 @@ export class RedisStreamsTransport implements Transport {
     deadLettered: 0,
     claimed: 0,
     trimmedWhilePending: 0,
+    /** Entries trimmed before some consumer group read them (a group lagged past maxLen + retainUnread). */
+    trimmedUnread: 0,
     decodeErrors: 0,
   };
 
@@ -184,6 +199,7 @@ export class RedisStreamsTransport implements Transport {
     const client = createClient(this.options);
     client.defineCommand('qeDeadLetter', { numberOfKeys: 2, lua: DEAD_LETTER_2 });
     client.defineCommand('qeRedrive', { numberOfKeys: 2, lua: REDRIVE_2 });
+    client.defineCommand('qePublish', { numberOfKeys: 5, lua: PUBLISH_5 });
     client.on('error', (err: Error) => this.throttledError(err));
     this.client = client;
     try {
@@ -279,14 +295,21 @@ export class RedisStreamsTransport implements Transport {
     });
   }
 
-  private trimArgs(): (string | number)[] {
-    const ttl = this.options.ttlMs;
-    return ttl === undefined
-      ? ['MAXLEN', '~', this.options.maxLen]
-      : ['MINID', '~', Math.max(0, Date.now() - ttl)];
+  /** Retention as the publish script's three trim arguments: strategy, threshold, cap. */
+  private trimArgs(): [string, string, string] {
+    const o = this.options;
+    const cap = String(o.maxLen + o.retainUnread);
+    return o.ttlMs === undefined
+      ? ['MAXLEN', String(o.maxLen), cap]
+      : ['MINID', `${Math.max(0, Date.now() - o.ttlMs)}-0`, cap];
   }
 
-  /** Writes every waiting publish: one pipeline per partition, one XADD per event. */
+  /**
+   * Writes every waiting publish: per partition, one `publish-5` script call
+   * per `PUBLISH_CHUNK` events (one request, one small reply), in publish
+   * order. A failed call rejects the publishes it carried; entries it wrote
+   * before failing stay (at-least-once: a retried publish may duplicate them).
+   */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
     const batch = this.pending;
@@ -299,61 +322,52 @@ export class RedisStreamsTransport implements Transport {
       return;
     }
     const trim = this.trimArgs();
-    if (this.keys.partitions === 1) {
-      // one partition: one pipeline, no regrouping
-      const pipe = client.pipeline();
-      for (const p of batch) {
-        p.left = p.events.length;
-        for (let i = 0; i < p.events.length; i++)
-          pipe.xadd(this.keys.stream(0, p.events[i]!.priority), ...trim, '*', 'e', p.frames[i]!, 't', p.t);
-      }
-      let results: [Error | null, unknown][] | null = null;
-      let failure: Error | null = null;
-      try {
-        results = await pipe.exec();
-      } catch (err) {
-        failure = err as Error;
-      }
-      let k = 0;
-      for (const p of batch)
-        for (let i = 0; i < p.events.length; i++, k++) {
-          const r = results?.[k];
-          this.finishPublish(p, failure ?? r?.[0] ?? (r ? null : new Error('no reply')), 1);
-        }
-      return;
-    }
-    const byPartition = new Map<
-      number,
-      { key: string; frame: Buffer | string; t: string; p: PendingPublish }[]
-    >();
+    const keys = this.keys;
+    const calls: Promise<void>[] = [];
+    // one argument list per partition under construction; a full one is sent at once
+    const open = new Map<number, { args: (string | Buffer)[]; owners: PendingPublish[] }>();
+    const send = (part: number, chunk: { args: (string | Buffer)[]; owners: PendingPublish[] }) => {
+      const { args, owners } = chunk;
+      calls.push(
+        (client as unknown as ScriptCommands)
+          .qePublish(...keys.streams(part), trim[0], trim[1], trim[2], ...args)
+          .then(
+            (reply) => {
+              const lost = Number(reply?.[1] ?? 0);
+              if (lost > 0) this.noteTrimmedUnread(lost);
+              for (const p of owners) this.finishPublish(p, null, 1);
+            },
+            (err: Error) => {
+              for (const p of owners) this.finishPublish(p, err, 1);
+            },
+          ),
+      );
+    };
     for (const p of batch) {
       p.left = p.events.length;
       for (let i = 0; i < p.events.length; i++) {
         const ev = p.events[i]!;
-        const part = this.keys.partitionFor(ev.agentId);
-        let list = byPartition.get(part);
-        if (!list) byPartition.set(part, (list = []));
-        list.push({ key: this.keys.stream(part, ev.priority), frame: p.frames[i]!, t: p.t, p });
+        const part = keys.partitionFor(ev.agentId);
+        let chunk = open.get(part);
+        if (!chunk) open.set(part, (chunk = { args: [], owners: [] }));
+        chunk.args.push(LEVEL_ARG[ev.priority]!, p.t, p.frames[i]!);
+        chunk.owners.push(p);
+        if (chunk.owners.length >= PUBLISH_CHUNK) {
+          send(part, chunk);
+          open.delete(part);
+        }
       }
     }
-    await Promise.all(
-      [...byPartition.values()].map(async (cmds) => {
-        const pipe = client.pipeline();
-        for (const c of cmds) pipe.xadd(c.key, ...trim, '*', 'e', c.frame, 't', c.t);
-        let results: [Error | null, unknown][] | null;
-        try {
-          results = await pipe.exec();
-        } catch (err) {
-          results = null;
-          for (const c of cmds) this.finishPublish(c.p, err as Error, 1);
-          return;
-        }
-        for (let i = 0; i < cmds.length; i++) {
-          const r = results?.[i];
-          this.finishPublish(cmds[i]!.p, r?.[0] ?? (r ? null : new Error('no reply')), 1);
-        }
-      }),
-    );
+    for (const [part, chunk] of open) send(part, chunk);
+    await Promise.all(calls);
+  }
+
+  private noteTrimmedUnread(n: number): void {
+    this.counters.trimmedUnread += n;
+    this.logger.warn('stream trimmed past entries a consumer group had not read', {
+      entries: n,
+      hint: 'a group lags by more than maxLen + retainUnread (a stale group of a crashed node counts too)',
+    });
   }
 
   private finishPublish(p: PendingPublish, err: Error | null, n: number): void {
@@ -521,6 +535,10 @@ export class RedisStreamsTransport implements Transport {
     const groups: Record<string, { pending: number; lag: number | null }> = {};
     for (const c of this.consumers)
       groups[c.group] = await c.lagAndPending().catch(() => ({ pending: -1, lag: null }));
+    if (this.counters.trimmedUnread > 0)
+      reasons.push(
+        `${this.counters.trimmedUnread} entries were trimmed before a consumer group read them (a group lags past maxLen + retainUnread)`,
+      );
     if (this.counters.trimmedWhilePending > 0)
       reasons.push(
         `${this.counters.trimmedWhilePending} entries were trimmed while still pending (raise maxLen/ttl)`,
@@ -571,10 +589,6 @@ class RedisDelivery implements Delivery {
     readonly publishedAt: number,
   ) {}
 
-  get key(): string {
-    return `${this.stream} ${this.transportId}`;
-  }
-
   ack(): void {
     if (this.settled) return;
     this.settled = true;
@@ -605,7 +619,8 @@ class StreamConsumer implements TransportConsumer {
   private closed = false;
   private paused = false;
   private resumeWaiters: (() => void)[] = [];
-  private readonly inflight = new Map<string, RedisDelivery>();
+  /** Deliveries handed to the bus and not settled yet (their idle time is refreshed). */
+  private readonly inflight = new Set<RedisDelivery>();
   private readonly ackBuf = new Map<string, string[]>();
   private ackScheduled = false;
   private ackFlushing: Promise<void> = Promise.resolve();
@@ -777,9 +792,16 @@ class StreamConsumer implements TransportConsumer {
       const stream = keyBuf.toString();
       for (const [idBuf, fields] of entries) {
         n++;
-        const id = idBuf.toString();
+        const id = idBuf.toString('latin1');
         const attempt = attempts?.get(id) ?? 1;
-        const { e, t: ts } = fieldsOf(fields);
+        let e: Buffer | undefined;
+        let ts: number | undefined;
+        if (fields)
+          for (let i = 0; i + 1 < fields.length; i += 2) {
+            const k = fields[i]!;
+            if (isField(k, FIELD_E)) e = fields[i + 1]!;
+            else if (isField(k, FIELD_T)) ts = Number(fields[i + 1]!.toString('latin1'));
+          }
         if (!e) {
           // trimmed away while pending: nothing left to deliver
           t.counters.trimmedWhilePending++;
@@ -806,7 +828,7 @@ class StreamConsumer implements TransportConsumer {
           continue;
         }
         const d = new RedisDelivery(this, stream, id, e, event, attempt, ts ?? epochNow());
-        this.inflight.set(d.key, d);
+        this.inflight.add(d);
         out.push(d);
       }
     }
@@ -819,7 +841,7 @@ class StreamConsumer implements TransportConsumer {
   }
 
   settled(d: RedisDelivery): void {
-    this.inflight.delete(d.key);
+    this.inflight.delete(d);
   }
 
   ack(stream: string, id: string): void {
@@ -913,9 +935,12 @@ class StreamConsumer implements TransportConsumer {
             ? await client.xpending(stream, this.group, '-', '+', 1000, this.me)
             : await client.xpending(stream, this.group, 'IDLE', t.options.claimIdleMs, '-', '+', 200)
         ) as [string, string, number, number][];
-        const take = rows.filter(
-          ([id, consumer]) => !(consumer === this.me && this.inflight.has(`${stream} ${id}`)),
-        );
+        let mine: Set<string> | undefined;
+        const take = rows.filter(([id, consumer]) => {
+          if (consumer !== this.me) return true;
+          mine ??= this.inflightIds(stream);
+          return !mine.has(id);
+        });
         if (take.length === 0) continue;
         const attempts = new Map(take.map(([id, , , count]) => [id, count + 1]));
         const ids = take.map(([id]) => id);
@@ -938,13 +963,19 @@ class StreamConsumer implements TransportConsumer {
     }
   }
 
+  private inflightIds(stream: string): Set<string> {
+    const ids = new Set<string>();
+    for (const d of this.inflight) if (d.stream === stream) ids.add(d.transportId);
+    return ids;
+  }
+
   /** Refreshes the idle time of entries still being handled, so nobody claims them mid-handler. */
   private async extend(): Promise<void> {
     if (this.closed || this.inflight.size === 0) return;
     const client = this.transport.client;
     if (!client) return;
     const byStream = new Map<string, string[]>();
-    for (const d of this.inflight.values()) {
+    for (const d of this.inflight) {
       let list = byStream.get(d.stream);
       if (!list) byStream.set(d.stream, (list = []));
       list.push(d.transportId);

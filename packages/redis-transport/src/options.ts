@@ -18,6 +18,14 @@ export interface RedisTransportOptions {
   ttl?: number;
   /** Retention by length per stream (approximate, MAXLEN ~). Default 100,000. */
   maxLen?: number;
+  /**
+   * Entries beyond `maxLen` (or older than `ttl`) a stream keeps while some
+   * consumer group has not read them yet, so a slow or stopped group does not
+   * lose events to trimming. Past `maxLen + retainUnread` entries the oldest are
+   * trimmed anyway and counted (`stats().trimmedUnread`, health degraded).
+   * Default: `maxLen`.
+   */
+  retainUnread?: number;
   /** Codec for frames written; any codec is read. Default `json`. */
   serialization?: SerializationName | SerializerOptions;
   /** TLS options (also implied by `rediss://`). */
@@ -50,6 +58,7 @@ export interface ResolvedOptions {
   keyPrefix: string;
   ttlMs: number | undefined;
   maxLen: number;
+  retainUnread: number;
   serialization: SerializationName | SerializerOptions;
   partitions: number;
   claimIdleMs: number;
@@ -144,12 +153,14 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
       }
     : undefined;
   const ttl = o.ttl === undefined ? undefined : posInt('ttl', o.ttl);
+  const maxLen = posInt('maxLen', o.maxLen) ?? 100_000;
   return {
     redis,
     cluster,
     keyPrefix,
     ttlMs: ttl === undefined ? undefined : ttl * 1000,
-    maxLen: posInt('maxLen', o.maxLen) ?? 100_000,
+    maxLen,
+    retainUnread: posInt('retainUnread', o.retainUnread, 0) ?? maxLen,
     serialization: o.serialization ?? 'json',
     partitions: posInt('partitions', o.partitions) ?? (cluster ? 6 : 1),
     claimIdleMs: posInt('claimIdleMs', o.claimIdleMs, 10) ?? 30_000,

@@ -33,3 +33,120 @@ export const REDRIVE_2 = `
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], 't', ARGV[3])
 `;
+
+/**
+ * publish-5: appends a batch of events to the five priority streams of one
+ * partition in one command, then trims each stream it touched, never past
+ * entries a consumer group has not read yet (up to a hard cap).
+ *
+ * One command per batch instead of one XADD per event: the producer builds one
+ * request and reads one small reply, which is where a Node producer spends its
+ * time (see YARDSTICKS). The entries are the same as XADD would write
+ * (`e` = frame, `t` = publish time), in argument order, so per-stream order is
+ * publish order.
+ *
+ * Retention. Redis 7 trims blindly (XADD/XTRIM know nothing of groups), so a
+ * group more than `maxLen` entries behind would lose entries it never saw. Here
+ * a stream keeps at least as many entries as the furthest-behind group has
+ * unread or pending (XINFO GROUPS `lag` + `pending`), and time-based retention
+ * keeps everything from the oldest entry a group has pending or unread; only
+ * past `cap` entries is the oldest trimmed anyway, and the entries lost so are
+ * counted in the reply (an estimate from the groups' lag, which Redis 7.0 keeps
+ * high after a group lost entries, so after a first loss it can count high). (By length, a pending entry far older than the
+ * rest can still be trimmed: the consumer counts it as trimmed while pending.)
+ *
+ * KEYS[1..5] the streams of priority 0 (CRITICAL) .. 4 (BULK) of one partition (same hash slot)
+ * ARGV[1] `MAXLEN` or `MINID`; ARGV[2] its threshold (entries, or the oldest id to keep);
+ * ARGV[3] cap: the most entries a stream holds while a group lags (time-based
+ *   retention applies it only while a lagging group holds the stream past its time);
+ * then triples from ARGV[4]: priority level (0-4), publish time (ms), frame
+ * Reply: { entries added, entries trimmed before some group read them }
+ */
+export const PUBLISH_5 = `
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+-- What the groups still need: the most entries any group has unread or pending
+-- (XINFO GROUPS lag + pending), and, when ids are wanted, the oldest id some
+-- group still needs (its oldest pending entry, or its first unread one). A
+-- group whose next entry does not exist has read everything, whatever its
+-- lag says (Redis 7.0 keeps lag high after entries it never read were trimmed).
+local function needed(key, ids)
+  local most, first = 0, nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local name, lag, last, pending
+    for i = 1, #g, 2 do
+      local f = g[i]
+      if f == 'name' then name = g[i + 1]
+      elseif f == 'lag' then lag = g[i + 1]
+      elseif f == 'pending' then pending = g[i + 1]
+      elseif f == 'last-delivered-id' then last = g[i + 1] end
+    end
+    local need = pending or 0
+    if type(lag) == 'number' and lag > 0 then
+      local nxt = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)[1]
+      if nxt then
+        need = need + lag
+        if ids and (first == nil or older(nxt[1], first)) then first = nxt[1] end
+      end
+    end
+    if ids and pending and pending > 0 then
+      local oldest = redis.call('XPENDING', key, name)[2]
+      if oldest and (first == nil or older(oldest, first)) then first = oldest end
+    end
+    if need > most then most = need end
+  end
+  return most, first
+end
+
+-- of the entries a trim removed (before - after), those some group still needed
+local function lostBy(before, after, most)
+  local short = most - after
+  if short <= 0 then return 0 end
+  local removed = before - after
+  if short < removed then return short end
+  return removed
+end
+
+local n = 0
+local touched = {}
+for i = 4, #ARGV, 3 do
+  local k = tonumber(ARGV[i]) + 1
+  redis.call('XADD', KEYS[k], '*', 'e', ARGV[i + 2], 't', ARGV[i + 1])
+  touched[k] = true
+  n = n + 1
+end
+local cap = tonumber(ARGV[3])
+local lost = 0
+for k in pairs(touched) do
+  local key = KEYS[k]
+  local len = redis.call('XLEN', key)
+  if ARGV[1] == 'MAXLEN' then
+    local keep = tonumber(ARGV[2])
+    if len > keep then
+      local most = needed(key, false)
+      if most > keep then keep = most end
+      if keep > cap then keep = cap end
+      if len > keep then
+        redis.call('XTRIM', key, 'MAXLEN', '~', keep)
+        lost = lost + lostBy(len, redis.call('XLEN', key), most)
+      end
+    end
+  else
+    local floor = ARGV[2]
+    local most, first = needed(key, true)
+    local held = first ~= nil and older(first, floor)
+    if held then floor = first end
+    redis.call('XTRIM', key, 'MINID', '~', floor)
+    local left = redis.call('XLEN', key)
+    if held and left > cap then
+      redis.call('XTRIM', key, 'MAXLEN', '~', cap)
+      lost = lost + lostBy(left, redis.call('XLEN', key), most)
+    end
+  end
+end
+return { n, lost }
+`;

@@ -255,6 +255,79 @@ describe('redis faults', () => {
     expect(await r.xlen(ttlStream)).toBeLessThan(600);
   });
 
+  it('retention waits for a group that has not read its entries, up to maxLen + retainUnread; past that the loss is counted', async () => {
+    const keyPrefix = uniquePrefix('lag');
+    cleanups.push(() => deletePrefix(keyPrefix));
+    const r = new Redis(REDIS_URL);
+    cleanups.push(() => void r.disconnect());
+    const opts = { url: REDIS_URL, keyPrefix, maxLen: 100, retainUnread: 400 };
+    const producer = await bus(opts);
+    const consumer = await bus(opts);
+    const seen = new Set<number>();
+    const sub = consumer.subscribe('lag.*', (e) => void seen.add((e.data as { i: number }).i), {
+      group: 'late',
+      maxConcurrency: 64,
+    });
+    await sub.ready;
+    consumer.pause(sub.id);
+    const stream = (producer.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
+    // 3 x maxLen while the group reads nothing: a blind MAXLEN would drop two thirds of them
+    for (let k = 0; k < 3; k++)
+      await producer.publishBatch(Array.from({ length: 100 }, (_, i) => ev('lag.x', { i: k * 100 + i })));
+    expect(await r.xlen(stream)).toBeGreaterThanOrEqual(300);
+    consumer.resume(sub.id);
+    await waitFor(() => seen.size === 300, 'all 300 events to reach the late group');
+    const pt = producer.transport as RedisStreamsTransport;
+    expect(pt.counters.trimmedUnread).toBe(0);
+    // once it has read them, the stream shrinks back towards maxLen on the next publish
+    await producer.publish(ev('lag.x', { i: 300 }));
+    await waitFor(() => seen.size === 301, 'event 300');
+    await producer.publish(ev('lag.x', { i: 301 }));
+    expect(await r.xlen(stream)).toBeLessThan(300);
+    expect((await producer.healthCheck()).status).toBe('healthy');
+
+    // past the cap (maxLen + retainUnread = 500) the oldest unread entries go, and are counted
+    consumer.pause(sub.id);
+    for (let k = 0; k < 10; k++)
+      await producer.publishBatch(
+        Array.from({ length: 100 }, (_, i) => ev('lag.y', { i: 1000 + k * 100 + i })),
+      );
+    expect(await r.xlen(stream)).toBeLessThan(700);
+    expect(pt.counters.trimmedUnread).toBeGreaterThan(300);
+    expect(pt.counters.trimmedUnread).toBeLessThanOrEqual(600);
+    const health = await producer.healthCheck();
+    expect(health.status).toBe('degraded');
+    expect(health.reasons.join(' ')).toMatch(/trimmed before a consumer group read them/);
+  });
+
+  it('time-based retention (ttl) keeps entries a lagging group has not read; without one it trims', async () => {
+    const keyPrefix = uniquePrefix('lagttl');
+    cleanups.push(() => deletePrefix(keyPrefix));
+    const r = new Redis(REDIS_URL);
+    cleanups.push(() => void r.disconnect());
+    const opts = { url: REDIS_URL, keyPrefix, ttl: 1 };
+    const producer = await bus(opts);
+    const consumer = await bus(opts);
+    const seen = new Set<number>();
+    const sub = consumer.subscribe('ttl.*', (e) => void seen.add((e.data as { i: number }).i), {
+      group: 'late',
+      maxConcurrency: 64,
+    });
+    await sub.ready;
+    consumer.pause(sub.id);
+    const stream = (producer.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
+    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i })));
+    await new Promise((res) => setTimeout(res, 1200));
+    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i: 300 + i })));
+    expect(await r.xlen(stream)).toBe(600);
+    consumer.resume(sub.id);
+    await waitFor(() => seen.size === 600, 'all 600 events, the expired ones included');
+    await new Promise((res) => setTimeout(res, 1200));
+    await producer.publish(ev('ttl.x', { i: 600 }));
+    expect(await r.xlen(stream)).toBeLessThan(600);
+    expect((producer.transport as RedisStreamsTransport).counters.trimmedUnread).toBe(0);
+  });
+
   it('a CRITICAL event published behind 100,000 waiting BULK events is handled before that backlog drains', async () => {
     const keyPrefix = uniquePrefix('prio');
     cleanups.push(() => deletePrefix(keyPrefix));
