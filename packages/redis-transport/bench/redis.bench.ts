@@ -35,6 +35,12 @@ type Role = 'producer' | 'consumer';
 type Kind = 'raw' | 'bus' | 'bus-batch';
 type Mode = 'max' | 'open';
 
+/** CPU time (user + system) this process has used, ms. */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
 function send(msg: unknown) {
   process.stdout.write(`${JSON.stringify(msg)}\n`);
 }
@@ -47,6 +53,7 @@ async function rawConsumer(prefix: string, total: number) {
   await r.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM').catch(() => {});
   const h = new LatencyHistogram();
   let n = 0;
+  const cpu0 = cpuMs();
   send({ ready: true });
   while (n < total) {
     const res = (await r.xreadgroup(
@@ -72,7 +79,13 @@ async function rawConsumer(prefix: string, total: number) {
       }
     await r.xack(stream, 'g', ...ids);
   }
-  send({ done: true, hist: h.snapshot(), rss: process.memoryUsage.rss() });
+  send({
+    done: true,
+    lastAt: epochNow(),
+    cpuMs: cpuMs() - cpu0,
+    hist: h.snapshot(),
+    rss: process.memoryUsage.rss(),
+  });
   r.disconnect();
 }
 
@@ -94,9 +107,16 @@ async function busConsumer(prefix: string, total: number) {
     },
     { group: 'g', maxConcurrency: 64 },
   ).ready;
+  const cpu0 = cpuMs();
   send({ ready: true });
   await done;
-  send({ done: true, hist: h.snapshot(), rss: process.memoryUsage.rss() });
+  send({
+    done: true,
+    lastAt: epochNow(),
+    cpuMs: cpuMs() - cpu0,
+    hist: h.snapshot(),
+    rss: process.memoryUsage.rss(),
+  });
   await bus.stop();
 }
 
@@ -145,6 +165,7 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
     } else publish = (i, at) => bus.publish(event(i, at));
     close = () => bus.stop();
   }
+  const cpu0 = cpuMs();
   const started = epochNow();
   if (mode === 'max') {
     let inflight = 0;
@@ -178,7 +199,13 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
     });
     await Promise.all(pending);
   }
-  send({ published: true, ms: epochNow() - started, rss: process.memoryUsage.rss() });
+  send({
+    published: true,
+    startedAt: started,
+    ms: epochNow() - started,
+    cpuMs: cpuMs() - cpu0,
+    rss: process.memoryUsage.rss(),
+  });
   await close();
 }
 
@@ -231,11 +258,11 @@ async function runPair(kind: Kind, mode: Mode, total: number) {
   const prefix = `qe-bench:${kind}:${mode}:${Date.now().toString(36)}`;
   const consumer = child('consumer', kind, mode, prefix, total);
   await consumer.next(); // ready
-  const t0 = epochNow();
   const producer = child('producer', kind, mode, prefix, total);
   const pub = await producer.next();
   const done = await consumer.next();
-  const elapsed = epochNow() - t0;
+  // from the first publish to the last event handled: process start-up is not the pipeline's cost
+  const elapsed = Number(done.lastAt) - Number(pub.startedAt);
   const r = new Redis(URL_);
   let cursor = '0';
   do {
