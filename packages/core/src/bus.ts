@@ -168,8 +168,8 @@ export interface QEEventBusConfig {
    * middleware's `RetryLaterError`) are handed to the transport's durable
    * `scheduleRetry` where it has one (Redis Streams), instead of a timer in
    * this process that a crash would lose. Shorter ones, and every retry on a
-   * transport without `scheduleRetry` (memory), wait in a timer. Batch
-   * subscriptions always use a timer. Default 1,000 ms.
+   * transport without `scheduleRetry` (memory), wait in a timer. Batch and
+   * `once` subscriptions always use a timer. Default 1,000 ms.
    */
   durableRetryAboveMs?: number;
   /** Default per-subscription concurrency. Default 1 (per-subscription order holds end to end). */
@@ -1179,7 +1179,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
    */
   private retryLater(t: Task, delay: number, attempt: number, fallback: () => void): void {
     const transport = this.transport;
-    if (transport.scheduleRetry === undefined || delay < this.durableRetryAboveMs) {
+    // a `once` subscription left the index at its first event: a stored retry could not find it
+    if (transport.scheduleRetry === undefined || delay < this.durableRetryAboveMs || t.sub.once) {
       this.later(delay, fallback);
       return;
     }

@@ -124,6 +124,26 @@ describe('durable retries through Transport.scheduleRetry', () => {
     expect(bus.getDetailedMetrics()).toMatchObject({ durableRetries: 0, queueSize: 0 });
   });
 
+  it('a once subscription retries from a timer: a stored retry could not find it after its first event', async () => {
+    const transport = new SchedulingTransport();
+    const bus = await makeBus(transport, { durableRetryAboveMs: 10 });
+    const attempts: number[] = [];
+    const others: number[] = [];
+    bus.subscribe(
+      'job.*',
+      (_e, ctx) => {
+        attempts.push(ctx.attempt);
+        if (ctx.attempt === 1) throw new Error('first call fails');
+      },
+      { once: true },
+    );
+    bus.subscribe('job.*', (_e, ctx) => void others.push(ctx.attempt));
+    await bus.publish({ type: 'job.run', agentId: 'a', data: {} });
+    await waitFor(() => attempts.length === 2, 'the retried call');
+    expect(transport.calls).toHaveLength(0);
+    expect(others).toEqual([1]);
+  });
+
   it('short delays stay in a timer; a transport without scheduleRetry always uses one', async () => {
     const transport = new SchedulingTransport();
     const bus = await makeBus(transport, { durableRetryAboveMs: 1000 });
