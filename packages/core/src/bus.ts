@@ -56,7 +56,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
-import { bindingIdentity, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY } from './transport.js';
+import { bindingIdentity, carriedAttempt, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY } from './transport.js';
 import { normalizeBatch, normalizeEvent } from './validate.js';
 
 /** Spec 000's metrics shape, exactly. Latencies in ms, publish to handler start. */
@@ -100,6 +100,10 @@ export interface DetailedMetrics extends PerformanceMetrics {
   publishErrors: number;
   delivered: number;
   retried: number;
+  /** Retries handed to the transport's durable `scheduleRetry` (nothing held in memory for them). */
+  durableRetries: number;
+  /** Retries waiting in a timer of this bus right now (lost if the process dies). */
+  retryTimers: number;
   deadLettered: number;
   shed: number;
   shedByPriority: Record<(typeof PRIORITY_NAMES)[number], number>;
@@ -159,6 +163,15 @@ export interface QEEventBusConfig {
   retryDelay?: number;
   /** Backoff cap (ms). Default 30,000. */
   maxRetryDelay?: number;
+  /**
+   * Retries postponed at least this long (the bus's own backoff, or a
+   * middleware's `RetryLaterError`) are handed to the transport's durable
+   * `scheduleRetry` where it has one (Redis Streams), instead of a timer in
+   * this process that a crash would lose. Shorter ones, and every retry on a
+   * transport without `scheduleRetry` (memory), wait in a timer. Batch and
+   * `once` subscriptions always use a timer. Default 1,000 ms.
+   */
+  durableRetryAboveMs?: number;
   /** Default per-subscription concurrency. Default 1 (per-subscription order holds end to end). */
   defaultMaxConcurrency?: number;
   backpressure?: BackpressureConfig;
@@ -382,6 +395,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   private readonly retryAttempts: number;
   private readonly retryDelay: number;
   private readonly maxRetryDelay: number;
+  private readonly durableRetryAboveMs: number;
   private readonly defaultMaxConcurrency: number;
   private readonly maxQueue: number;
   private readonly shedFrom: number;
@@ -411,6 +425,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   private processed = 0;
   private errors = 0;
   private retried = 0;
+  private durableRetries = 0;
   private deadLettered = 0;
   private shed = 0;
   private readonly shedByPriority = [0, 0, 0, 0, 0];
@@ -427,6 +442,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     checkNonNegInt('retryAttempts', config.retryAttempts);
     checkNonNegInt('retryDelay', config.retryDelay);
     checkNonNegInt('maxRetryDelay', config.maxRetryDelay);
+    checkNonNegInt('durableRetryAboveMs', config.durableRetryAboveMs);
     checkNonNegInt('defaultMaxConcurrency', config.defaultMaxConcurrency, false);
     checkNonNegInt('backpressure.maxQueueSize', config.backpressure?.maxQueueSize, false);
     checkNonNegInt('shutdownTimeoutMs', config.shutdownTimeoutMs);
@@ -448,6 +464,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     this.retryAttempts = config.retryAttempts ?? 3;
     this.retryDelay = config.retryDelay ?? 1000;
     this.maxRetryDelay = config.maxRetryDelay ?? 30_000;
+    this.durableRetryAboveMs = config.durableRetryAboveMs ?? 1000;
     this.defaultMaxConcurrency = config.defaultMaxConcurrency ?? 1;
     this.maxQueue = config.backpressure?.maxQueueSize ?? 10_000;
     this.shedFrom = config.backpressure?.shedPriority ?? Number.POSITIVE_INFINITY;
@@ -935,12 +952,14 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       return;
     }
     this.queued++;
+    // a scheduled retry carries its attempt number, so the count survives the process that scheduled it
+    const attempt = md === undefined ? d.attempt : carriedAttempt(ev, d.attempt);
     if (more === undefined) {
-      this.enqueue(new Task(first, d, null, d.attempt, this.levelFor(first, ev), this.nodeId));
+      this.enqueue(new Task(first, d, null, attempt, this.levelFor(first, ev), this.nodeId));
     } else {
       const share: Share = { remaining: more.length + 1, nack: false };
-      this.enqueue(new Task(first, d, share, d.attempt, this.levelFor(first, ev), this.nodeId));
-      for (const s of more) this.enqueue(new Task(s, d, share, d.attempt, this.levelFor(s, ev), this.nodeId));
+      this.enqueue(new Task(first, d, share, attempt, this.levelFor(first, ev), this.nodeId));
+      for (const s of more) this.enqueue(new Task(s, d, share, attempt, this.levelFor(s, ev), this.nodeId));
     }
   }
 
@@ -1127,7 +1146,10 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     s.durations.recordMs(performance.now() - started);
     const err = toError(thrown);
     if (err instanceof RetryLaterError) {
-      this.later(Math.max(0, err.delayMs), () => this.enqueue(t));
+      const delay = Math.max(0, err.delayMs);
+      // a retry middleware says how many calls it made (details.attempts); other postponements use none
+      const made = Number(err.details?.attempts) || 0;
+      this.retryLater(t, delay, Math.max(t.attempt, made + 1), () => this.enqueue(t));
     } else if (err instanceof PermanentError || t.attempt >= s.maxAttempts || this.state !== 'running') {
       if (this.state !== 'running' && !(err instanceof PermanentError) && t.attempt < s.maxAttempts) {
         // stopping: do not burn the remaining attempts; let the transport redeliver (durable) or drop (memory)
@@ -1142,9 +1164,53 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       this.retried++;
       const delay = this.backoff(s, t.attempt);
       t.attempt++;
-      this.later(delay, () => this.enqueue(t));
+      this.retryLater(t, delay, t.attempt, () => this.enqueue(t));
     }
     this.afterCall(s);
+  }
+
+  /**
+   * Runs `fallback` after `delay`, or, for a long delay on a transport with
+   * `scheduleRetry`, stores the retry there and settles this task: a shared
+   * entry is then acknowledged once its other subscriptions are done, and a
+   * crash of this process loses nothing. If the transport cannot store it,
+   * the retry falls back to a timer here (the error is reported), so the
+   * event is never dropped.
+   */
+  private retryLater(t: Task, delay: number, attempt: number, fallback: () => void): void {
+    const transport = this.transport;
+    // a `once` subscription left the index at its first event: a stored retry could not find it
+    if (transport.scheduleRetry === undefined || delay < this.durableRetryAboveMs || t.sub.once) {
+      this.later(delay, fallback);
+      return;
+    }
+    const s = t.sub;
+    const target = {
+      binding: bindingIdentity(s.bindingKey, s.group, this.nodeId),
+      subscriptionId: s.id,
+      attempt,
+    };
+    let p: Promise<void>;
+    try {
+      p = transport.scheduleRetry(t.delivery.event, target, delay);
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    p.then(
+      () => {
+        this.durableRetries++;
+        this.settleTask(t);
+      },
+      (e) => {
+        this.reportError(
+          new TransportError(
+            `cannot schedule a retry of event ${t.delivery.event.id} for ${s.id}; retrying from memory: ${toError(e).message}`,
+            { cause: e },
+          ),
+        );
+        this.later(delay, fallback);
+      },
+    );
   }
 
   private giveBack(t: Task): void {
@@ -1487,6 +1553,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       publishErrors: this.publishErrors,
       delivered: this.delivered,
       retried: this.retried,
+      durableRetries: this.durableRetries,
+      retryTimers: this.timers.size,
       deadLettered: this.deadLettered,
       shed: this.shed,
       shedByPriority: named(this.shedByPriority),

@@ -22,7 +22,7 @@ import type {
   TransportHealth,
   TransportStats,
 } from './transport.js';
-import { bindingIdentity, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY } from './transport.js';
+import { bindingIdentity, REDRIVE_BINDING_KEY, REDRIVE_TARGET_KEY, RETRY_ATTEMPT_KEY } from './transport.js';
 
 export interface MemoryBrokerOptions {
   /**
@@ -492,6 +492,8 @@ export class MemoryDeadLetterStore implements DeadLetterStore {
     for (const dl of chosen) {
       const md = dl.event.metadata;
       const metadata: EventMetadata = { ...md, retryCount: (md?.retryCount ?? 0) + 1 };
+      // a redrive starts a fresh round of attempts: drop a scheduled retry's carried count
+      delete metadata[RETRY_ATTEMPT_KEY];
       if (dl.subscriptionId !== undefined) metadata[REDRIVE_TARGET_KEY] = dl.subscriptionId;
       if (dl.binding !== undefined) metadata[REDRIVE_BINDING_KEY] = dl.binding;
       const event: AgentEvent = { ...dl.event, metadata };

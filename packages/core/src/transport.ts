@@ -1,4 +1,4 @@
-import type { AgentEvent, EventPriority } from './event.js';
+import type { AgentEvent, EventMetadata, EventPriority } from './event.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -110,6 +110,50 @@ export const REDRIVE_BINDING_KEY = 'redriveBinding';
  */
 export function bindingIdentity(specId: string, group: string | null, nodeId: string): string {
   return group === null ? `${specId}@${nodeId}` : specId;
+}
+
+/**
+ * Metadata key of a scheduled retry: the attempt number its next delivery
+ * counts as (the first call is 1). A transport that schedules retries
+ * (`Transport.scheduleRetry`) stores it with the event, so the count survives
+ * a crash of the bus that scheduled the retry and retries still end after
+ * `retryAttempts`. Distinct from `metadata.retryCount`, which counts
+ * re-publications (redrives) and starts a fresh round of attempts.
+ */
+export const RETRY_ATTEMPT_KEY = 'retryAttempt';
+
+/** Who a scheduled retry is for (`Transport.scheduleRetry`). */
+export interface RetryTarget {
+  /** `bindingIdentity` of the binding the failed delivery came through. */
+  readonly binding: string;
+  /** The subscription to call again; every other subscription of that binding skips the retry. */
+  readonly subscriptionId?: string;
+  /** The attempt number of the retried call (2 for the first retry). */
+  readonly attempt: number;
+}
+
+/**
+ * The event a scheduled retry delivers: `event` marked (as a redrive is) for
+ * the binding and subscription of `target`, with the attempt it counts as.
+ * Other bindings acknowledge it unhandled; a transport stores this copy.
+ */
+export function retryEventFor(event: AgentEvent, target: RetryTarget): AgentEvent {
+  const metadata: EventMetadata = {
+    ...event.metadata,
+    [REDRIVE_BINDING_KEY]: target.binding,
+    [RETRY_ATTEMPT_KEY]: target.attempt,
+  };
+  if (target.subscriptionId !== undefined) metadata[REDRIVE_TARGET_KEY] = target.subscriptionId;
+  return { ...event, metadata };
+}
+
+/**
+ * The attempt a delivery counts as: the transport's own number, or the
+ * attempt a scheduled retry carries (`RETRY_ATTEMPT_KEY`) when that is higher.
+ */
+export function carriedAttempt(event: AgentEvent, attempt: number): number {
+  const carried = event.metadata?.[RETRY_ATTEMPT_KEY];
+  return typeof carried === 'number' && Number.isInteger(carried) && carried > attempt ? carried : attempt;
 }
 
 /** Why an event was dead-lettered. */
@@ -286,4 +330,18 @@ export interface Transport {
   replay?(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number>;
   /** Present when `capabilities.deadLetters`. */
   readonly deadLetters?: DeadLetterStore;
+  /**
+   * Durable delayed retry, present where the backend can keep one (Redis
+   * Streams; the memory transport has none and the bus keeps a timer).
+   *
+   * Once the promise resolves the retry is stored in the backend: it survives
+   * a crash of this process, and nothing is held in memory for it. After
+   * `delayMs` (at the earliest) the transport delivers `retryEventFor(event,
+   * target)` on every binding, as for a fresh publish; the bus hands it to
+   * `target.binding` only, to `target.subscriptionId` only when that
+   * subscription exists there (a group: to one member), with `target.attempt`
+   * as its attempt number (`RETRY_ATTEMPT_KEY`). The caller still settles the
+   * delivery the retry replaces. A rejection means nothing was stored.
+   */
+  scheduleRetry?(event: AgentEvent, target: RetryTarget, delayMs: number): Promise<void>;
 }

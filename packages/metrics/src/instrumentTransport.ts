@@ -146,5 +146,7 @@ export function instrumentTransport<T extends Transport>(
   };
   if (inner.getRecentEvents) wrapper.getRecentEvents = (q) => inner.getRecentEvents!(q);
   if (inner.replay) wrapper.replay = (q, f) => inner.replay!(q, f);
+  // without it the bus would fall back to in-memory timers for long retries: a change of behaviour
+  if (inner.scheduleRetry) wrapper.scheduleRetry = (e, target, ms) => inner.scheduleRetry!(e, target, ms);
   return wrapper;
 }

@@ -119,4 +119,25 @@ describe('Prometheus metrics on Redis', () => {
     if (keys.length) await r.del(...keys);
     r.disconnect();
   });
+
+  it("the wrapper keeps the inner transport's durable scheduleRetry, and adds none where there is none", async () => {
+    const calls: number[] = [];
+    class Scheduling extends MemoryTransport {
+      async scheduleRetry(_e: unknown, _t: unknown, delayMs: number): Promise<void> {
+        calls.push(delayMs);
+      }
+    }
+    const registry = new Registry();
+    const wrapped = instrumentTransport(new Scheduling(), { registry });
+    expect(typeof wrapped.scheduleRetry).toBe('function');
+    await wrapped.scheduleRetry!(
+      { id: 'e', type: 'x.y', agentId: 'a', timestamp: 0, priority: 2, data: {} },
+      { binding: 'broadcast@n', subscriptionId: 'n:sub-1', attempt: 2 },
+      1500,
+    );
+    expect(calls).toEqual([1500]);
+    expect(
+      instrumentTransport(new MemoryTransport(), { registry: new Registry() }).scheduleRetry,
+    ).toBeUndefined();
+  });
 });

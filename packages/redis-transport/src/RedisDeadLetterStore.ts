@@ -9,6 +9,7 @@ import {
   epochNow,
   REDRIVE_BINDING_KEY,
   REDRIVE_TARGET_KEY,
+  RETRY_ATTEMPT_KEY,
   ValidationError,
 } from '@qe/core';
 import type { RedisStreamsTransport } from './RedisStreamsTransport.js';
@@ -179,6 +180,8 @@ export class RedisDeadLetterStore implements DeadLetterStore {
     for (const { dl, partition, entryId, src } of rows) {
       const md = dl.event.metadata;
       const metadata: EventMetadata = { ...md, retryCount: (md?.retryCount ?? 0) + 1 };
+      // a redrive starts a fresh round of attempts: drop a scheduled retry's carried count
+      delete metadata[RETRY_ATTEMPT_KEY];
       if (dl.subscriptionId !== undefined) metadata[REDRIVE_TARGET_KEY] = dl.subscriptionId;
       if (dl.binding !== undefined) metadata[REDRIVE_BINDING_KEY] = dl.binding;
       const frame = this.t.serializer.encode({ ...dl.event, metadata });

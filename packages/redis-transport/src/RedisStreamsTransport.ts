@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import {
   type AgentEvent,
   bindingIdentity,
   ClosedError,
   type ConsumerSpec,
+  carriedAttempt,
   compilePattern,
   createSerializer,
   type DeadLetterInfo,
@@ -17,6 +19,8 @@ import {
   type PublishOptions,
   QueueFullError,
   type ReplayQuery,
+  type RetryTarget,
+  retryEventFor,
   type Serializer,
   type Transport,
   type TransportCapabilities,
@@ -30,7 +34,7 @@ import { Cluster, Redis } from 'ioredis';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
-import { DEAD_LETTER_2, PUBLISH_5, REDRIVE_2 } from './scripts.js';
+import { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -55,7 +59,27 @@ interface ScriptCommands {
     t: string,
     maxLen: number,
   ): Promise<string | null>;
+  qeSchedule(
+    delayed: string,
+    stream: string,
+    delayMs: number,
+    member: Buffer,
+    group: string,
+    id: string,
+  ): Promise<number>;
+  qePromote(
+    delayed: string,
+    s0: string,
+    s1: string,
+    s2: string,
+    s3: string,
+    s4: string,
+    limit: number,
+  ): Promise<number>;
 }
+
+/** Due scheduled retries moved per script call; a full page is followed by another at once. */
+const PROMOTE_PAGE = 200;
 
 const CAPABILITIES: TransportCapabilities = Object.freeze({
   durable: true,
@@ -133,6 +157,10 @@ export function compareIds(a: string, b: string): number {
  *   backlog is, and the bus's weighted-fair queue does the rest.
  * - After a Redis restart or failover, missing groups are re-created and
  *   reading resumes by itself.
+ * - Long retries (`scheduleRetry`, `nack(delay)` of at least
+ *   `scheduleNackAboveMs`) wait in a sorted set per partition, not in memory;
+ *   every transport promotes due ones into the streams with one script, so a
+ *   crash loses none and none is published twice.
  */
 export class RedisStreamsTransport implements Transport {
   readonly name: string = 'redis-streams';
@@ -164,7 +192,13 @@ export class RedisStreamsTransport implements Transport {
     /** Entries trimmed before some consumer group read them (a group lagged past maxLen + retainUnread). */
     trimmedUnread: 0,
     decodeErrors: 0,
+    /** Retries stored in the delayed sets (`scheduleRetry`, long `nack(delay)`). */
+    scheduled: 0,
+    /** Scheduled retries this transport moved into the streams when due. */
+    promoted: 0,
   };
+  private promoter: NodeJS.Timeout | null = null;
+  private promoting = false;
 
   constructor(options: RedisTransportOptions = {}) {
     this.options = resolveOptions(options);
@@ -200,6 +234,8 @@ export class RedisStreamsTransport implements Transport {
     client.defineCommand('qeDeadLetter', { numberOfKeys: 2, lua: DEAD_LETTER_2 });
     client.defineCommand('qeRedrive', { numberOfKeys: 2, lua: REDRIVE_2 });
     client.defineCommand('qePublish', { numberOfKeys: 5, lua: PUBLISH_5 });
+    client.defineCommand('qeSchedule', { numberOfKeys: 2, lua: SCHEDULE_2 });
+    client.defineCommand('qePromote', { numberOfKeys: 6, lua: PROMOTE_6 });
     client.on('error', (err: Error) => this.throttledError(err));
     this.client = client;
     try {
@@ -211,6 +247,11 @@ export class RedisStreamsTransport implements Transport {
       throw new TransportError(`cannot connect to Redis: ${(err as Error).message}`, { cause: err });
     }
     this.connected = true;
+    // every transport promotes: whoever is alive publishes a due retry, and the script makes it once
+    this.promoter = setInterval(() => {
+      if (!this.promoting) void this.track(this.promoteDue().then(() => {}));
+    }, this.options.delayedPollMs);
+    this.promoter.unref();
   }
 
   /** Connection errors come in bursts while Redis is away: report at most one per second. */
@@ -229,6 +270,7 @@ export class RedisStreamsTransport implements Transport {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.stopPromoter();
     await Promise.all([...this.consumers].map((c) => c.close()));
     if (this.pending.length > 0) await this.flush();
     const deadline = Date.now() + 5000;
@@ -248,10 +290,89 @@ export class RedisStreamsTransport implements Transport {
    */
   async kill(): Promise<void> {
     this.closed = true;
+    this.stopPromoter();
     for (const c of this.consumers) c.kill();
     this.client?.disconnect();
     this.client = null;
     this.connected = false;
+  }
+
+  private stopPromoter(): void {
+    if (this.promoter) clearInterval(this.promoter);
+    this.promoter = null;
+  }
+
+  // ------------------------------------------------------------------ delayed retries
+
+  /**
+   * A member of a delayed set: priority digit, random id, `:`, then the frame.
+   * The random id keeps two identical events scheduled together apart.
+   */
+  delayedMember(event: AgentEvent): Buffer {
+    const level = event.priority >= 0 && event.priority <= 4 ? event.priority : 2;
+    const header = Buffer.from(`${level}${randomBytes(8).toString('hex')}:`, 'latin1');
+    if (header.length !== DELAYED_HEADER_LEN) throw new Error('delayed member header has the wrong length');
+    return Buffer.concat([header, this.serializer.encode(event)]);
+  }
+
+  /**
+   * Stores a retry in the partition's delayed set (script `schedule-2`); the
+   * promoter publishes it to the event's stream after `delayMs`, tagged for
+   * `target` (see `Transport.scheduleRetry`). Resolves once Redis stored it.
+   */
+  async scheduleRetry(event: AgentEvent, target: RetryTarget, delayMs: number): Promise<void> {
+    const part = this.keys.partitionFor(event.agentId);
+    try {
+      const member = this.delayedMember(retryEventFor(event, target));
+      await this.scripts.qeSchedule(
+        this.keys.delayed(part),
+        this.keys.stream(part, event.priority),
+        Math.max(0, Math.ceil(delayMs)),
+        member,
+        '',
+        '',
+      );
+    } catch (err) {
+      throw err instanceof EventBusError
+        ? err
+        : new TransportError(`cannot schedule a retry of ${event.id}: ${(err as Error).message}`, {
+            cause: err,
+          });
+    }
+    this.counters.scheduled++;
+  }
+
+  /**
+   * Moves due scheduled retries into the streams (script `promote-6`), every
+   * partition, a page at a time. Runs on a timer; exposed for tests. Returns
+   * how many it moved.
+   */
+  async promoteDue(): Promise<number> {
+    const client = this.client;
+    if (this.promoting || this.closed || !client || client.status !== 'ready') return 0;
+    this.promoting = true;
+    let moved = 0;
+    try {
+      const scripts = client as unknown as ScriptCommands;
+      await Promise.all(
+        Array.from({ length: this.keys.partitions }, async (_, p) => {
+          const [s0, s1, s2, s3, s4] = this.keys.streams(p) as [string, string, string, string, string];
+          // bounded: a huge due backlog is moved over several ticks, never in one long burst
+          for (let page = 0; page < 10; page++) {
+            const n = Number(await scripts.qePromote(this.keys.delayed(p), s0, s1, s2, s3, s4, PROMOTE_PAGE));
+            moved += n;
+            if (n < PROMOTE_PAGE) break;
+          }
+        }),
+      );
+    } catch (err) {
+      // the members stay in the set; the next tick (of this or another process) moves them
+      if (!this.closed) this.throttledError(err as Error);
+    } finally {
+      this.promoting = false;
+      this.counters.promoted += moved;
+    }
+    return moved;
   }
 
   // ------------------------------------------------------------------ publish
@@ -793,6 +914,7 @@ class StreamConsumer implements TransportConsumer {
       for (const [idBuf, fields] of entries) {
         n++;
         const id = idBuf.toString('latin1');
+        // Redis's delivery count of this entry; maxDeliveries applies to it
         const attempt = attempts?.get(id) ?? 1;
         let e: Buffer | undefined;
         let ts: number | undefined;
@@ -827,7 +949,9 @@ class StreamConsumer implements TransportConsumer {
           });
           continue;
         }
-        const d = new RedisDelivery(this, stream, id, e, event, attempt, ts ?? epochNow());
+        // a promoted retry counts on from the attempt it carries
+        const counted = carriedAttempt(event, 1) + attempt - 1;
+        const d = new RedisDelivery(this, stream, id, e, event, counted, ts ?? epochNow());
         this.inflight.add(d);
         out.push(d);
       }
@@ -879,6 +1003,39 @@ class StreamConsumer implements TransportConsumer {
   redeliver(d: RedisDelivery, delayMs: number | undefined): void {
     // Without a delay the entry simply stays pending and is reclaimed after claimIdleMs.
     if (delayMs === undefined || this.closed) return;
+    if (delayMs >= this.transport.options.scheduleNackAboveMs) {
+      // a long delay: stored in Redis, not in a timer that a crash loses and that
+      // another member's recover() would pre-empt after claimIdleMs
+      void this.transport.track(this.schedule(d, delayMs));
+      return;
+    }
+    this.claimAfter(d, delayMs);
+  }
+
+  /** Acks the entry and stores it as a scheduled retry for this binding, atomically (`schedule-2`). */
+  private async schedule(d: RedisDelivery, delayMs: number): Promise<void> {
+    const t = this.transport;
+    try {
+      const event = retryEventFor(d.event, { binding: this.identity, attempt: d.attempt + 1 });
+      const due = await t.scripts.qeSchedule(
+        t.keys.delayed(t.keys.partitionOf(d.stream)),
+        d.stream,
+        Math.ceil(delayMs),
+        t.delayedMember(event),
+        this.group,
+        d.transportId,
+      );
+      // 0: the entry was no longer pending (settled elsewhere), so nothing was scheduled
+      if (Number(due) > 0) t.counters.scheduled++;
+    } catch (err) {
+      // nothing stored and the entry is still pending: claim it back after the delay, as for short ones
+      t.throttledError(err as Error);
+      this.claimAfter(d, delayMs);
+    }
+  }
+
+  private claimAfter(d: RedisDelivery, delayMs: number): void {
+    if (this.closed) return;
     const timer = setTimeout(() => {
       this.timers = this.timers.filter((x) => x !== timer);
       void this.claimNow(d.stream, [d.transportId], new Map([[d.transportId, d.attempt + 1]]));

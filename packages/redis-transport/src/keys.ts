@@ -5,6 +5,7 @@
  *
  *   <prefix>:{<prefix>:p<k>}:s:<level>   events of priority <level> (0 CRITICAL .. 4 BULK)
  *   <prefix>:{<prefix>:p<k>}:dlq          dead letters of partition k
+ *   <prefix>:{<prefix>:p<k>}:delayed      scheduled retries of partition k (sorted set by due time)
  */
 export class Keys {
   constructor(
@@ -35,6 +36,11 @@ export class Keys {
 
   dlq(partition: number): string {
     return `${this.prefix}:${this.tag(partition)}:dlq`;
+  }
+
+  /** Scheduled (delayed) retries of a partition: a sorted set scored by due time. */
+  delayed(partition: number): string {
+    return `${this.prefix}:${this.tag(partition)}:delayed`;
   }
 
   allDlqs(): string[] {

@@ -40,6 +40,16 @@ export interface RedisTransportOptions {
   claimIdleMs?: number;
   /** Deliveries after which an entry is dead-lettered without calling handlers. Default 10. */
   maxDeliveries?: number;
+  /**
+   * `delivery.nack(delay)` with a delay at least this long is stored in the
+   * partition's delayed set and the entry acknowledged (one script), so the
+   * retry survives a crash, waits in no timer and is not claimed early by
+   * another member. Shorter delays keep the entry pending and claim it back
+   * after the delay. Default 1,000 ms.
+   */
+  scheduleNackAboveMs?: number;
+  /** How often each transport moves due scheduled retries into the streams. Default 200 ms. */
+  delayedPollMs?: number;
   /** Entries per XREADGROUP per stream. Default 500. */
   readCount?: number;
   /** XREADGROUP BLOCK time. Default 1,000 ms. */
@@ -63,6 +73,8 @@ export interface ResolvedOptions {
   partitions: number;
   claimIdleMs: number;
   maxDeliveries: number;
+  scheduleNackAboveMs: number;
+  delayedPollMs: number;
   readCount: number;
   blockMs: number;
   maxPendingPublishes: number;
@@ -165,6 +177,8 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
     partitions: posInt('partitions', o.partitions) ?? (cluster ? 6 : 1),
     claimIdleMs: posInt('claimIdleMs', o.claimIdleMs, 10) ?? 30_000,
     maxDeliveries: posInt('maxDeliveries', o.maxDeliveries) ?? 10,
+    scheduleNackAboveMs: posInt('scheduleNackAboveMs', o.scheduleNackAboveMs, 0) ?? 1000,
+    delayedPollMs: posInt('delayedPollMs', o.delayedPollMs, 10) ?? 200,
     readCount: posInt('readCount', o.readCount) ?? 500,
     blockMs: posInt('blockMs', o.blockMs, 10) ?? 1000,
     maxPendingPublishes: posInt('maxPendingPublishes', o.maxPendingPublishes) ?? 20_000,

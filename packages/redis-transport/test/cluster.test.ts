@@ -63,6 +63,59 @@ describe('redis cluster specifics', () => {
     }
   });
 
+  it('scheduled retries keep to one slot per partition and are promoted on every partition', async () => {
+    const keyPrefix = uniquePrefix('delayed');
+    const b = new QEEventBus({
+      nodeId: 'delayed',
+      transport: new RedisStreamsTransport({
+        cluster: { nodes: cluster.nodes },
+        keyPrefix,
+        partitions: 3,
+        delayedPollMs: 50,
+      }),
+      retryAttempts: 2,
+      retryDelay: 400,
+      maxRetryDelay: 400,
+      durableRetryAboveMs: 100,
+    });
+    await b.start();
+    const c = new Cluster(cluster.nodes);
+    try {
+      const t = b.transport as RedisStreamsTransport;
+      for (let p = 0; p < 3; p++) {
+        const slot = Number(await c.cluster('KEYSLOT', t.keys.stream(p, 0)));
+        expect(Number(await c.cluster('KEYSLOT', t.keys.delayed(p)))).toBe(slot);
+      }
+      const attempts = new Map<string, number[]>();
+      await b.subscribe(
+        'dly.*',
+        (e, ctx) => {
+          const list = attempts.get(e.agentId) ?? [];
+          list.push(ctx.attempt);
+          attempts.set(e.agentId, list);
+          if (ctx.attempt === 1) throw new Error('first call fails');
+        },
+        { group: 'g' },
+      ).ready;
+      // enough agents to land on every partition
+      const agents = Array.from({ length: 12 }, (_, i) => `agent-${i}`);
+      expect(new Set(agents.map((a) => t.keys.partitionFor(a))).size).toBe(3);
+      for (const agentId of agents) await b.publish({ type: 'dly.x', agentId, data: {} });
+      await waitFor(
+        () => agents.every((a) => attempts.get(a)?.length === 2),
+        'every event retried once from its partition',
+        15_000,
+      );
+      expect(agents.map((a) => attempts.get(a))).toEqual(agents.map(() => [1, 2]));
+      expect(t.counters.scheduled).toBe(12);
+      const left = await Promise.all([0, 1, 2].map((p) => c.zcard(t.keys.delayed(p))));
+      expect(left).toEqual([0, 0, 0]);
+    } finally {
+      c.disconnect();
+      await b.stop();
+    }
+  });
+
   it('keeps consuming when a master fails over to its replica', async () => {
     const keyPrefix = uniquePrefix('failover');
     const producer = new QEEventBus({ nodeId: 'fo-p', transport: transport(keyPrefix) });

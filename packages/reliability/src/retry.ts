@@ -22,9 +22,18 @@ export interface RetryOptions {
   /** Retry only errors this accepts. `PermanentError` is never retried. Default: every error. */
   retryIf?: (error: Error) => boolean;
   /**
-   * Delays at least this long are not waited out in memory: on a durable
-   * transport a delivery that reached only this subscription (`ctx.exclusive`, always so in a group) is handed back (`delivery.nack(delay)`) and
-   * Redis redelivers it; elsewhere the bus postpones it (`RetryLaterError`).
+   * Delays at least this long are not waited out in this middleware. On a
+   * durable transport a delivery that reached only this subscription
+   * (`ctx.exclusive`, always so in a group) is handed back with
+   * `delivery.nack(delay)`: Redis Streams stores it as a scheduled retry (at
+   * least its `scheduleNackAboveMs`) and redelivers it with attempt + 1.
+   * Otherwise (a broadcast entry shared with other subscriptions, or a
+   * transport that is not durable) it throws `RetryLaterError` with
+   * `details.attempts`: the bus stores the retry with the transport's
+   * `scheduleRetry` when it has one and the delay is at least the bus's
+   * `durableRetryAboveMs` (Redis: kept in Redis, for this subscription only,
+   * as the next attempt; a crash loses nothing), and keeps it in a timer
+   * otherwise (the memory transport: at-most-once across a crash).
    * Default 5,000 ms.
    */
   scheduleAboveMs?: number;
@@ -47,7 +56,9 @@ export interface RetryOptions {
  *
  * Attempts are counted from the context's attempt number, so retries that
  * went through the bus or the transport (a scheduled redelivery, a crash)
- * count too. The final `PermanentError` carries `details.attempts` and says
+ * count too: a retry stored in Redis carries its attempt
+ * (`RETRY_ATTEMPT_KEY`), so the count holds even when another process
+ * handles it. The final `PermanentError` carries `details.attempts` and says
  * the count in its message (the bus's dead-letter record counts the calls it
  * made itself, which is 1 for retries done inside this middleware).
  */
@@ -118,7 +129,10 @@ export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
                 ctx.delivery.nack(delayMs);
                 return;
               }
-              throw new RetryLaterError(delayMs, `retry ${attempt} of ${retries}`);
+              // details.attempts: the bus stores the retry as attempt + 1 when it schedules it durably
+              throw new RetryLaterError(delayMs, `retry ${attempt} of ${retries}`, {
+                details: { attempts: attempt },
+              });
             }
             await sleep(delayMs);
             attempt++;

@@ -2,7 +2,7 @@ import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   createBulkhead,
   createCircuitBreaker,
@@ -78,5 +78,110 @@ describe('every middleware composed on a bus over the Redis transport', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(calls).toHaveLength(4);
     expect(await dlq.depth()).toBe(0);
+  });
+});
+
+describe('long retries of a shared broadcast entry are stored in Redis, not in the bus', () => {
+  async function node(nodeId: string, keyPrefix: string) {
+    const transport = new RedisStreamsTransport({ url: URL_, keyPrefix, blockMs: 100, delayedPollMs: 50 });
+    const bus = new QEEventBus({ nodeId, retryAttempts: 0, transport, durableRetryAboveMs: 200 });
+    bus.on('error', () => {});
+    await bus.start();
+    cleanups.push(() => bus.stop().catch(() => {}));
+    return { bus, transport };
+  }
+  const retry = () =>
+    createRetryMiddleware({ retryAttempts: 2, retryDelay: 400, maxRetryDelay: 800, scheduleAboveMs: 200 });
+
+  async function setup(tag: string) {
+    const keyPrefix = `qe-test:rel:dly-${tag}:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    const r = new Redis(URL_);
+    cleanups.push(async () => {
+      const keys = await r.keys(`${keyPrefix}*`);
+      if (keys.length) await r.del(...keys);
+      r.disconnect();
+    });
+    // full jitter made predictable: every retry waits 99% of its ceiling (396 ms, then 792 ms), all "long"
+    const random = vi.spyOn(Math, 'random').mockReturnValue(0.99);
+    cleanups.push(() => random.mockRestore());
+    return { keyPrefix, r };
+  }
+
+  it('only the failing subscription is called again, with attempt 2, and it dead-letters after exactly retryAttempts', async () => {
+    const { keyPrefix, r } = await setup('shared');
+    const { bus, transport } = await node('rel-dly', keyPrefix);
+    const failing: { attempt: number; exclusive: boolean; at: number }[] = [];
+    const other: number[] = [];
+    await bus.subscribe(
+      'job.*',
+      (_e, ctx) => {
+        failing.push({ attempt: ctx.attempt, exclusive: ctx.exclusive, at: Date.now() });
+        throw new Error('downstream is down');
+      },
+      { middleware: [retry()] },
+    ).ready;
+    await bus.subscribe('job.*', (_e, ctx) => void other.push(ctx.attempt)).ready;
+    const e = await bus.publish({ type: 'job.run', agentId: 'a', data: {} });
+    const delayed = transport.keys.delayed(0);
+    await waitFor(async () => (await r.zcard(delayed)) === 1, 'the retry stored in Redis');
+    expect(bus.getDetailedMetrics()).toMatchObject({ retryTimers: 0, durableRetries: 1 });
+    expect(failing.map((f) => f.exclusive)).toEqual([false]);
+    await waitFor(() => failing.length === 2, 'the first retry');
+    expect(failing[1]!.attempt).toBe(2);
+    expect(failing[1]!.at - failing[0]!.at).toBeGreaterThanOrEqual(390);
+    // the retry reached this subscription alone: the middleware hands it back with nack(delay), stored again
+    expect(failing[1]!.exclusive).toBe(true);
+    await waitFor(async () => (await r.zcard(delayed)) === 1, 'the second retry stored in Redis');
+    expect(bus.getDetailedMetrics().retryTimers).toBe(0);
+    const dlq = DeadLetterManager.of(bus.deadLetters);
+    await waitFor(async () => (await dlq.depth()) === 1, 'the dead letter', 5000);
+    expect(failing.map((f) => f.attempt)).toEqual([1, 2, 3]);
+    expect(failing[2]!.at - failing[1]!.at).toBeGreaterThanOrEqual(780);
+    const [dl] = await dlq.list();
+    expect(dl).toMatchObject({ reason: 'permanent', attempts: 3, event: { id: e.id } });
+    await new Promise((res) => setTimeout(res, 300));
+    expect(other).toEqual([1]);
+    expect(failing).toHaveLength(3);
+    expect(await r.zcard(delayed)).toBe(0);
+  });
+
+  it('a crash of the bus holding the retry loses nothing: the restarted node retries that subscription only', async () => {
+    const { keyPrefix, r } = await setup('crash');
+    const first = await node('rel-dly-crash', keyPrefix);
+    const calls: string[] = [];
+    await first.bus.subscribe(
+      'job.*',
+      () => {
+        calls.push('failing@1');
+        throw new Error('downstream is down');
+      },
+      { middleware: [retry()] },
+    ).ready;
+    await first.bus.subscribe('job.*', () => void calls.push('other@1')).ready;
+    await first.bus.publish({ type: 'job.run', agentId: 'a', data: {} });
+    await waitFor(async () => (await r.zcard(first.transport.keys.delayed(0))) === 1, 'the stored retry');
+    // the shared entry is acked once both subscriptions settled: the retry is the only copy left
+    const stream = first.transport.keys.stream(0, 2);
+    await waitFor(
+      async () => Number(((await r.xpending(stream, 'bc:rel-dly-crash:broadcast')) as [number])[0]) === 0,
+      'the shared entry acked',
+    );
+    await first.transport.kill();
+    // the same node restarted, its subscriptions made in the same order (so with the same ids)
+    const again = await node('rel-dly-crash', keyPrefix);
+    const attempts: number[] = [];
+    await again.bus.subscribe(
+      'job.*',
+      (_e, ctx) => {
+        attempts.push(ctx.attempt);
+        calls.push('failing@2');
+      },
+      { middleware: [retry()] },
+    ).ready;
+    await again.bus.subscribe('job.*', () => void calls.push('other@2')).ready;
+    await waitFor(() => attempts.length === 1, 'the retry after the crash', 5000);
+    await new Promise((res) => setTimeout(res, 300));
+    expect(attempts).toEqual([2]);
+    expect(calls.sort()).toEqual(['failing@1', 'failing@2', 'other@1']);
   });
 });
