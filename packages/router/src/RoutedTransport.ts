@@ -86,6 +86,9 @@ export class RoutedTransport implements Transport {
     this.ttlMs = options.memberTtlMs ?? 3000;
     this.name = `routed(${options.inner.name})`;
     this.capabilities = Object.freeze({ ...options.inner.capabilities, groups: true, crossProcess: true });
+    const inner = options.inner;
+    if (inner.scheduleRetry)
+      this.scheduleRetry = (event, target, delayMs) => inner.scheduleRetry!(event, target, delayMs);
   }
 
   get redis(): Redis {
@@ -95,6 +98,14 @@ export class RoutedTransport implements Transport {
   get deadLetters() {
     return this.options.inner.deadLetters;
   }
+
+  /**
+   * Long retries of shared (broadcast) deliveries are stored by the inner
+   * transport, whose broadcast consumers they come back through; present only
+   * when the inner transport has it, so the bus falls back to its timer
+   * otherwise.
+   */
+  readonly scheduleRetry?: Transport['scheduleRetry'];
 
   strategyFor(group: string): Strategy {
     let s = this.strategies.get(group);

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { MemoryTransport, QEEventBus } from '@qe/core';
+import { MemoryTransport, QEEventBus, RetryLaterError } from '@qe/core';
+import { RedisStreamsTransport } from '@qe/redis-transport';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -225,4 +226,34 @@ describe('routing across processes on Redis', () => {
     }
     expect(ms.filter((m) => m.handled.length > 0).length).toBe(4);
   }, 90_000);
+
+  it('a long retry of a shared broadcast delivery is stored by the inner Redis transport, not a timer', async () => {
+    const p = prefix();
+    const redis = new Redis(URL_);
+    const inner = new RedisStreamsTransport({ url: URL_, keyPrefix: p, delayedPollMs: 50 });
+    const t = new RoutedTransport({ inner, redis, prefix: `${p}:router` });
+    const bus = new QEEventBus({ nodeId: 'routed-retry', transport: t });
+    await bus.start();
+    cleanups.push(async () => {
+      await bus.stop();
+      redis.disconnect();
+    });
+    expect(typeof t.scheduleRetry).toBe('function');
+    const flaky: number[] = [];
+    let steady = 0;
+    await bus.subscribe('retry.*', (_e, ctx) => {
+      flaky.push(ctx.attempt);
+      // as a retry middleware does: it made one call, so the stored retry is attempt 2
+      if (ctx.attempt === 1) throw new RetryLaterError(1500, 'downstream busy', { details: { attempts: 1 } });
+    }).ready;
+    await bus.subscribe('retry.*', () => void steady++).ready;
+    await bus.publish({ type: 'retry.me', agentId: 'a', data: {} });
+    await waitFor(() => flaky.length === 1 && steady === 1, 'first deliveries');
+    await waitFor(async () => (await redis.zcard(inner.keys.delayed(0))) === 1, 'the retry stored in Redis');
+    expect(bus.getDetailedMetrics().retryTimers).toBe(0);
+    await waitFor(() => flaky.length === 2, 'the retry', 10_000);
+    expect(flaky).toEqual([1, 2]);
+    expect(steady).toBe(1);
+    expect(await redis.zcard(inner.keys.delayed(0))).toBe(0);
+  });
 });
