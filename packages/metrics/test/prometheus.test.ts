@@ -113,6 +113,8 @@ describe('Prometheus metrics on Redis', () => {
     expect(text).toMatch(/qe_consumer_pending\{group="g:group:slow:lag\.\*"\} [1-5]/);
     expect(promtool(text).status).toBe(0);
     release();
+    // stopped before the keys go: a running consumer would re-create its group (and the streams)
+    await bus.stop();
     const { Redis } = await import('ioredis');
     const r = new Redis();
     const keys = await r.keys(`${keyPrefix}:*`);
