@@ -2,24 +2,33 @@
  * Redis benchmark: producer and consumer in separate processes.
  *
  *   pnpm --filter @qe/redis-transport bench
- *   QE_BENCH_EVENTS=200000 QE_BENCH_SECONDS=10 pnpm --filter @qe/redis-transport bench
+ *   QE_BENCH_ROUNDS=5 QE_BENCH_EVENTS=200000 QE_BENCH_SECONDS=10 pnpm --filter @qe/redis-transport bench
  *
- * 1. Max throughput with bounded in-flight publishes (QE_BENCH_EVENTS events).
- * 2. Open loop at 10,000 events/s (QE_BENCH_SECONDS s): sends scheduled by the
+ * 1. Max throughput with bounded in-flight publishes (QE_BENCH_EVENTS events),
+ *    from the first publish to the last event handled.
+ * 2. Open loop at QE_BENCH_RATE (10,000) events/s for QE_BENCH_SECONDS (5) s
+ *    after QE_BENCH_WARMUP (1) s of unmeasured warm-up: sends scheduled by the
  *    clock, latency from the intended send time to handler entry.
- * Each beside raw ioredis XADD -> XREADGROUP (COUNT 500) -> XACK doing the same
- * work in the same run, with the ratio.
+ * Each beside raw ioredis XADD -> XREADGROUP (COUNT 500) -> XACK moving the same
+ * events (the same JSON: see `rawEvent`), alternating in every round (QE_BENCH_ROUNDS, default 3); the summary is
+ * the median of the rounds, with the ratio to raw and the CPU time each
+ * process (and a local redis-server) spent per event.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { epochNow, LatencyHistogram, QEEventBus } from '@qe/core';
 import { Redis } from 'ioredis';
 import { RedisStreamsTransport } from '../src/index.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const N = Number(process.env.QE_BENCH_EVENTS ?? 100_000);
+const N = Number(process.env.QE_BENCH_EVENTS ?? 200_000);
 const SECONDS = Number(process.env.QE_BENCH_SECONDS ?? 5);
+const WARMUP = Number(process.env.QE_BENCH_WARMUP ?? 1);
 const RATE = Number(process.env.QE_BENCH_RATE ?? 10_000);
+const ROUNDS = Math.max(1, Number(process.env.QE_BENCH_ROUNDS ?? 3));
 const INFLIGHT = 1000;
 const STREAM_FIELD = 'e';
 const payload = (i: number, at: number) => ({
@@ -29,6 +38,20 @@ const payload = (i: number, at: number) => ({
   tokens: 1234,
   tags: ['bench', 'qe'],
   note: 'x'.repeat(120),
+});
+
+/**
+ * What the raw baseline moves: the same event the bus moves (id, type, agentId,
+ * timestamp, priority and the payload), as JSON, so both sides carry the same
+ * bytes; the bus's own extras (frame header, publish time field) are not copied.
+ */
+const rawEvent = (i: number, at: number) => ({
+  id: randomUUID(),
+  type: 'bench.work',
+  agentId: `agent-${i % 16}`,
+  timestamp: Date.now(),
+  priority: 2,
+  data: payload(i, at),
 });
 
 type Role = 'producer' | 'consumer';
@@ -41,21 +64,55 @@ function cpuMs(): number {
   return (u.user + u.system) / 1000;
 }
 
+/** GC pause time of this process so far, ms (major and minor). */
+const gc = { ms: 0, major: 0 };
+if (process.argv[2] === 'consumer' || process.argv[2] === 'producer')
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.ms += e.duration;
+      if ((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === 4) gc.major++; // NODE_PERFORMANCE_GC_MAJOR
+    }
+  }).observe({ entryTypes: ['gc'] });
+
 function send(msg: unknown) {
   process.stdout.write(`${JSON.stringify(msg)}\n`);
 }
 
 // ------------------------------------------------------------------ children
 
-async function rawConsumer(prefix: string, total: number) {
+/** Latency of events from `warm` on (the warm-up's are not measured), and the end. */
+class Recorder {
+  readonly h = new LatencyHistogram();
+  n = 0;
+  private readonly cpu0 = cpuMs();
+  private readonly gc0 = gc.ms;
+  constructor(
+    readonly total: number,
+    readonly warm: number,
+  ) {}
+  record(data: { i: number; at: number }): boolean {
+    if (data.i >= this.warm) this.h.recordMs(epochNow() - data.at);
+    return ++this.n === this.total;
+  }
+  report() {
+    send({
+      done: true,
+      lastAt: epochNow(),
+      cpuMs: cpuMs() - this.cpu0,
+      gcMs: gc.ms - this.gc0,
+      hist: this.h.snapshot(),
+      rss: process.memoryUsage.rss(),
+    });
+  }
+}
+
+async function rawConsumer(prefix: string, total: number, warm: number) {
   const r = new Redis(URL_);
   const stream = `${prefix}:raw`;
   await r.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM').catch(() => {});
-  const h = new LatencyHistogram();
-  let n = 0;
-  const cpu0 = cpuMs();
+  const rec = new Recorder(total, warm);
   send({ ready: true });
-  while (n < total) {
+  while (rec.n < total) {
     const res = (await r.xreadgroup(
       'GROUP',
       'g',
@@ -72,51 +129,35 @@ async function rawConsumer(prefix: string, total: number) {
     const ids: string[] = [];
     for (const [, entries] of res)
       for (const [id, fields] of entries) {
-        const data = JSON.parse(fields[1]!) as { at: number };
-        h.recordMs(epochNow() - data.at);
+        rec.record((JSON.parse(fields[1]!) as ReturnType<typeof rawEvent>).data);
         ids.push(id);
-        n++;
       }
     await r.xack(stream, 'g', ...ids);
   }
-  send({
-    done: true,
-    lastAt: epochNow(),
-    cpuMs: cpuMs() - cpu0,
-    hist: h.snapshot(),
-    rss: process.memoryUsage.rss(),
-  });
+  rec.report();
   r.disconnect();
 }
 
-async function busConsumer(prefix: string, total: number) {
+async function busConsumer(prefix: string, total: number, warm: number) {
   const bus = new QEEventBus({
     nodeId: 'bench-consumer',
     transport: new RedisStreamsTransport({ url: URL_, keyPrefix: prefix }),
   });
   await bus.start();
-  const h = new LatencyHistogram();
-  let n = 0;
   let finish!: () => void;
   const done = new Promise<void>((r) => (finish = r));
+  let rec!: Recorder;
   await bus.subscribe(
     'bench.*',
     (e) => {
-      h.recordMs(epochNow() - (e.data as { at: number }).at);
-      if (++n === total) finish();
+      if (rec.record(e.data as { i: number; at: number })) finish();
     },
     { group: 'g', maxConcurrency: 64 },
   ).ready;
-  const cpu0 = cpuMs();
+  rec = new Recorder(total, warm);
   send({ ready: true });
   await done;
-  send({
-    done: true,
-    lastAt: epochNow(),
-    cpuMs: cpuMs() - cpu0,
-    hist: h.snapshot(),
-    rss: process.memoryUsage.rss(),
-  });
+  rec.report();
   await bus.stop();
 }
 
@@ -126,7 +167,7 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
   if (kind === 'raw') {
     const r = new Redis(URL_);
     const stream = `${prefix}:raw`;
-    publish = (i, at) => r.xadd(stream, '*', STREAM_FIELD, JSON.stringify(payload(i, at)));
+    publish = (i, at) => r.xadd(stream, '*', STREAM_FIELD, JSON.stringify(rawEvent(i, at)));
     close = async () => r.disconnect();
   } else {
     const bus = new QEEventBus({
@@ -166,44 +207,52 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
     close = () => bus.stop();
   }
   const cpu0 = cpuMs();
+  const gc0 = gc.ms;
   const started = epochNow();
+  let inflight = 0;
+  let failed = 0;
+  let waiter: (() => void) | null = null;
+  // counts completions only: holding every publish's result would make the producer's heap the subject
+  const settle = () => {
+    inflight--;
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  const fail = () => {
+    failed++;
+    settle();
+  };
   if (mode === 'max') {
-    let inflight = 0;
-    let waiter: (() => void) | null = null;
     for (let i = 0; i < total; i++) {
       while (inflight >= INFLIGHT) await new Promise<void>((r) => (waiter = r));
       inflight++;
-      void publish(i, epochNow()).finally(() => {
-        inflight--;
-        const w = waiter;
-        waiter = null;
-        w?.();
-      });
+      publish(i, epochNow()).then(settle, fail);
     }
-    while (inflight > 0) await new Promise<void>((r) => (waiter = r));
   } else {
     let sent = 0;
-    const pending: Promise<unknown>[] = [];
     await new Promise<void>((resolve) => {
       const step = () => {
         const due = Math.min(total, Math.floor(((epochNow() - started) / 1000) * RATE));
         while (sent < due) {
-          pending.push(publish(sent, started + (sent / RATE) * 1000));
+          inflight++;
+          publish(sent, started + (sent / RATE) * 1000).then(settle, fail);
           sent++;
         }
-        if (pending.length > 5000) void Promise.all(pending.splice(0));
         if (sent < total) setTimeout(step, 1);
         else resolve();
       };
       step();
     });
-    await Promise.all(pending);
   }
+  while (inflight > 0) await new Promise<void>((r) => (waiter = r));
   send({
     published: true,
     startedAt: started,
+    failed,
     ms: epochNow() - started,
     cpuMs: cpuMs() - cpu0,
+    gcMs: gc.ms - gc0,
     rss: process.memoryUsage.rss(),
   });
   await close();
@@ -217,6 +266,7 @@ function child(
   mode: Mode,
   prefix: string,
   total: number,
+  warm: number,
 ): { proc: ChildProcess; next: () => Promise<Record<string, unknown>> } {
   const proc = spawn(
     process.execPath,
@@ -231,6 +281,7 @@ function child(
       mode,
       prefix,
       String(total),
+      String(warm),
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
@@ -254,16 +305,41 @@ function child(
   };
 }
 
-async function runPair(kind: Kind, mode: Mode, total: number) {
+/** CPU ms a redis-server on this machine has used so far, or undefined (remote, or no /proc). */
+async function redisCpuMs(r: Redis): Promise<number | undefined> {
+  try {
+    const pid = /process_id:(\d+)/.exec(await r.info('server'))?.[1];
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // utime + stime in 10 ms ticks
+  } catch {
+    return undefined;
+  }
+}
+
+interface PairResult {
+  eps: number;
+  hist: Record<string, number>;
+  rss: number;
+  failed: number;
+  /** CPU µs per event: producer, consumer, redis-server (NaN when unknown). */
+  cpu: [number, number, number];
+  /** GC pause ms per 10,000 events: producer, consumer. */
+  gc: [number, number];
+}
+
+async function runPair(kind: Kind, mode: Mode, total: number, warm: number): Promise<PairResult> {
   const prefix = `qe-bench:${kind}:${mode}:${Date.now().toString(36)}`;
-  const consumer = child('consumer', kind, mode, prefix, total);
+  const r = new Redis(URL_);
+  const consumer = child('consumer', kind, mode, prefix, total, warm);
   await consumer.next(); // ready
-  const producer = child('producer', kind, mode, prefix, total);
+  const redis0 = await redisCpuMs(r);
+  const producer = child('producer', kind, mode, prefix, total, warm);
   const pub = await producer.next();
   const done = await consumer.next();
+  const redis1 = await redisCpuMs(r);
   // from the first publish to the last event handled: process start-up is not the pipeline's cost
   const elapsed = Number(done.lastAt) - Number(pub.startedAt);
-  const r = new Redis(URL_);
   let cursor = '0';
   do {
     const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
@@ -271,49 +347,87 @@ async function runPair(kind: Kind, mode: Mode, total: number) {
     if (keys.length) await r.del(...keys);
   } while (cursor !== '0');
   r.disconnect();
+  const perEvent = (ms: number | undefined) => (ms === undefined ? Number.NaN : (ms * 1000) / total);
   return {
     eps: (total / elapsed) * 1000,
     hist: done.hist as Record<string, number>,
     rss: Math.max(Number(done.rss), Number(pub.rss)),
+    failed: Number(pub.failed),
+    cpu: [
+      perEvent(Number(pub.cpuMs)),
+      perEvent(Number(done.cpuMs)),
+      perEvent(redis0 === undefined || redis1 === undefined ? undefined : redis1 - redis0),
+    ],
+    gc: [(Number(pub.gcMs) * 10_000) / total, (Number(done.gcMs) * 10_000) / total],
   };
 }
 
 const fmt = (x: number) => Math.round(x).toLocaleString('en-US');
 const ms = (x: number) => `${x.toFixed(2)} ms`;
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const cpuCol = (rs: PairResult[]) =>
+  [0, 1, 2].map((k) => median(rs.map((r) => r.cpu[k]!)).toFixed(1)).join(' / ');
+const gcCol = (rs: PairResult[]) => [0, 1].map((k) => median(rs.map((r) => r.gc[k]!)).toFixed(1)).join(' / ');
 
 async function main() {
   console.log(
-    `# redis benchmark (node ${process.version}; producer and consumer in separate processes; ${URL_})`,
+    `# redis benchmark (node ${process.version}; producer and consumer in separate processes; ${URL_}; ${ROUNDS} rounds)`,
   );
-  const raw = await runPair('raw', 'max', N);
-  const bus = await runPair('bus', 'max', N);
-  const batch = await runPair('bus-batch', 'max', N);
-  console.log(`\n## max throughput, ${fmt(N)} events, ${INFLIGHT} events in flight`);
-  console.log(`raw ioredis XADD/XREADGROUP/XACK      ${fmt(raw.eps).padStart(9)} events/s`);
-  console.log(
-    `QEEventBus publish() on RedisStreams  ${fmt(bus.eps).padStart(9)} events/s   ratio ${(bus.eps / raw.eps).toFixed(2)}`,
-  );
-  console.log(
-    `QEEventBus publishBatch(100)          ${fmt(batch.eps).padStart(9)} events/s   ratio ${(batch.eps / raw.eps).toFixed(2)}`,
-  );
-  const total = RATE * SECONDS;
-  const rawO = await runPair('raw', 'open', total);
-  const busO = await runPair('bus', 'open', total);
-  console.log(
-    `\n## open loop ${fmt(RATE)} events/s for ${SECONDS} s (latency from intended send time to handler)`,
-  );
-  for (const [name, r] of [
-    ['raw ioredis', rawO],
-    ['QEEventBus ', busO],
-  ] as const)
+  const max: Record<Kind, PairResult[]> = { raw: [], bus: [], 'bus-batch': [] };
+  const open: Record<'raw' | 'bus', PairResult[]> = { raw: [], bus: [] };
+  const openTotal = Math.round(RATE * (WARMUP + SECONDS));
+  const openWarm = Math.round(RATE * WARMUP);
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const kind of ['raw', 'bus', 'bus-batch'] as const) max[kind].push(await runPair(kind, 'max', N, 0));
+    for (const kind of ['raw', 'bus'] as const)
+      open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
+    const last = (k: Kind) => max[k][round - 1]!;
+    const lastO = (k: 'raw' | 'bus') => open[k][round - 1]!;
     console.log(
-      `${name}  p50 ${ms(r.hist.p50!)}  p99 ${ms(r.hist.p99!)}  p99.9 ${ms(r.hist.p999!)}  max ${ms(r.hist.max!)}  rss ${(r.rss / 2 ** 20).toFixed(0)} MB`,
+      `round ${round}: max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s | ` +
+        `open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}`,
     );
-  console.log(`p99 ratio (bus / raw) ${(busO.hist.p99! / rawO.hist.p99!).toFixed(2)}`);
+  }
+  const failed = [...Object.values(max), ...Object.values(open)].flat().reduce((a, r) => a + r.failed, 0);
+  if (failed > 0) console.log(`!! ${failed} publishes failed`);
+  const rawEps = median(max.raw.map((r) => r.eps));
+  console.log(
+    `\n## max throughput, ${fmt(N)} events, ${INFLIGHT} in flight (median of ${ROUNDS})` +
+      '\n                                       events/s  ratio   CPU µs/event producer / consumer / redis   GC ms per 10k events producer / consumer',
+  );
+  for (const [name, kind] of [
+    ['raw ioredis XADD/XREADGROUP/XACK    ', 'raw'],
+    ['QEEventBus publish() on RedisStreams', 'bus'],
+    ['QEEventBus publishBatch(100)        ', 'bus-batch'],
+  ] as const) {
+    const eps = median(max[kind].map((r) => r.eps));
+    console.log(
+      `${name}  ${fmt(eps).padStart(9)}  ${(eps / rawEps).toFixed(2).padStart(5)}   ${cpuCol(max[kind]).padEnd(40)}${gcCol(max[kind])}`,
+    );
+  }
+  console.log(
+    `\n## open loop ${fmt(RATE)} events/s for ${SECONDS} s after ${WARMUP} s warm-up (latency from intended send time to handler; median of ${ROUNDS})`,
+  );
+  const q = (rs: PairResult[], k: string) => median(rs.map((r) => r.hist[k]!));
+  for (const [name, kind] of [
+    ['raw ioredis', 'raw'],
+    ['QEEventBus ', 'bus'],
+  ] as const) {
+    const rs = open[kind];
+    console.log(
+      `${name}  p50 ${ms(q(rs, 'p50'))}  p99 ${ms(q(rs, 'p99'))}  p99.9 ${ms(q(rs, 'p999'))}  max ${ms(q(rs, 'max'))}  ` +
+        `rss ${(median(rs.map((r) => r.rss)) / 2 ** 20).toFixed(0)} MB  CPU µs/event ${cpuCol(rs)}  GC ms/10k events ${gcCol(rs)}`,
+    );
+  }
+  console.log(`p99 ratio (bus / raw) ${(q(open.bus, 'p99') / q(open.raw, 'p99')).toFixed(2)}`);
 }
 
-const [role, kind, mode, prefix, total] = process.argv.slice(2);
+const [role, kind, mode, prefix, total, warm] = process.argv.slice(2);
 if (role === 'consumer')
-  await (kind === 'raw' ? rawConsumer(prefix!, Number(total)) : busConsumer(prefix!, Number(total)));
+  await (kind === 'raw' ? rawConsumer : busConsumer)(prefix!, Number(total), Number(warm ?? 0));
 else if (role === 'producer') await produce(kind as Kind, mode as Mode, prefix!, Number(total));
 else await main();
