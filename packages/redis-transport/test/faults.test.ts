@@ -30,6 +30,26 @@ async function bus(options: RedisTransportOptions, config: { nodeId?: string; re
 const ev = (type: string, data: unknown = {}, priority?: EventPriority) =>
   priority === undefined ? { type, agentId: 'fault', data } : { type, agentId: 'fault', data, priority };
 
+/** A producer and a consumer bus whose group `late` is subscribed to `lag.*` and paused: it reads nothing until resumed. */
+async function lateGroup(tag: string, retention: RedisTransportOptions) {
+  const keyPrefix = uniquePrefix(tag);
+  cleanups.push(() => deletePrefix(keyPrefix));
+  const r = new Redis(REDIS_URL);
+  cleanups.push(() => void r.disconnect());
+  const opts = { url: REDIS_URL, keyPrefix, ...retention };
+  const producer = await bus(opts);
+  const consumer = await bus(opts);
+  const seen = new Set<number>();
+  const sub = consumer.subscribe('lag.*', (e) => void seen.add((e.data as { i: number }).i), {
+    group: 'late',
+    maxConcurrency: 64,
+  });
+  await sub.ready;
+  consumer.pause(sub.id);
+  const stream = (producer.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
+  return { r, producer, consumer, sub, seen, stream };
+}
+
 describe('redis faults', () => {
   it('a poison event that kills its consumer lands in the dead-letter stream after exactly maxDeliveries', async () => {
     const keyPrefix = uniquePrefix('poison');
@@ -248,29 +268,18 @@ describe('redis faults', () => {
     const ttlPrefix = uniquePrefix('ttl');
     cleanups.push(() => deletePrefix(ttlPrefix));
     const withTtl = await bus({ url: REDIS_URL, keyPrefix: ttlPrefix, ttl: 1 });
-    await withTtl.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i })));
+    await withTtl.publishBatch(Array.from({ length: 300 }, (_, i) => ev('lag.x', { i })));
     await new Promise((res) => setTimeout(res, 1200));
-    await withTtl.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i })));
+    await withTtl.publishBatch(Array.from({ length: 300 }, (_, i) => ev('lag.x', { i })));
     const ttlStream = (withTtl.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
     expect(await r.xlen(ttlStream)).toBeLessThan(600);
   });
 
   it('retention waits for a group that has not read its entries, up to maxLen + retainUnread; past that the loss is counted', async () => {
-    const keyPrefix = uniquePrefix('lag');
-    cleanups.push(() => deletePrefix(keyPrefix));
-    const r = new Redis(REDIS_URL);
-    cleanups.push(() => void r.disconnect());
-    const opts = { url: REDIS_URL, keyPrefix, maxLen: 100, retainUnread: 400 };
-    const producer = await bus(opts);
-    const consumer = await bus(opts);
-    const seen = new Set<number>();
-    const sub = consumer.subscribe('lag.*', (e) => void seen.add((e.data as { i: number }).i), {
-      group: 'late',
-      maxConcurrency: 64,
+    const { r, producer, consumer, sub, seen, stream } = await lateGroup('lag', {
+      maxLen: 100,
+      retainUnread: 400,
     });
-    await sub.ready;
-    consumer.pause(sub.id);
-    const stream = (producer.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
     // 3 x maxLen while the group reads nothing: a blind MAXLEN would drop two thirds of them
     for (let k = 0; k < 3; k++)
       await producer.publishBatch(Array.from({ length: 100 }, (_, i) => ev('lag.x', { i: k * 100 + i })));
@@ -301,29 +310,15 @@ describe('redis faults', () => {
   });
 
   it('time-based retention (ttl) keeps entries a lagging group has not read; without one it trims', async () => {
-    const keyPrefix = uniquePrefix('lagttl');
-    cleanups.push(() => deletePrefix(keyPrefix));
-    const r = new Redis(REDIS_URL);
-    cleanups.push(() => void r.disconnect());
-    const opts = { url: REDIS_URL, keyPrefix, ttl: 1 };
-    const producer = await bus(opts);
-    const consumer = await bus(opts);
-    const seen = new Set<number>();
-    const sub = consumer.subscribe('ttl.*', (e) => void seen.add((e.data as { i: number }).i), {
-      group: 'late',
-      maxConcurrency: 64,
-    });
-    await sub.ready;
-    consumer.pause(sub.id);
-    const stream = (producer.transport as RedisStreamsTransport).keys.stream(0, EventPriority.NORMAL);
-    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i })));
+    const { r, producer, consumer, sub, seen, stream } = await lateGroup('lagttl', { ttl: 1 });
+    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('lag.x', { i })));
     await new Promise((res) => setTimeout(res, 1200));
-    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('ttl.x', { i: 300 + i })));
+    await producer.publishBatch(Array.from({ length: 300 }, (_, i) => ev('lag.x', { i: 300 + i })));
     expect(await r.xlen(stream)).toBe(600);
     consumer.resume(sub.id);
     await waitFor(() => seen.size === 600, 'all 600 events, the expired ones included');
     await new Promise((res) => setTimeout(res, 1200));
-    await producer.publish(ev('ttl.x', { i: 600 }));
+    await producer.publish(ev('lag.x', { i: 600 }));
     expect(await r.xlen(stream)).toBeLessThan(600);
     expect((producer.transport as RedisStreamsTransport).counters.trimmedUnread).toBe(0);
   });
