@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   type AgentEvent,
   bindingIdentity,
@@ -30,7 +30,7 @@ import {
   type TransportHealth,
   type TransportStats,
 } from '@qe/core';
-import { Cluster, Redis } from 'ioredis';
+import { Cluster, Command, Redis } from 'ioredis';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
@@ -40,8 +40,6 @@ export type RedisClient = Redis | Cluster;
 
 /** The custom commands defined from `scripts.ts`. */
 interface ScriptCommands {
-  /** `publish-5`: five stream keys, trim strategy, threshold and cap, then (level, time, frame) triples. */
-  qePublish(...args: (string | Buffer)[]): Promise<[number, number]>;
   qeDeadLetter(
     stream: string,
     dlq: string,
@@ -107,6 +105,59 @@ interface PendingPublish {
 /** Events per `publish-5` call: large enough to amortise a request, small enough not to hold Redis long. */
 const PUBLISH_CHUNK = 256;
 const LEVEL_ARG = ['0', '1', '2', '3', '4'] as const;
+
+/** A Lua script with its SHA1 and key count, run by `runScript`. */
+interface LuaScript {
+  readonly lua: string;
+  readonly sha: string;
+  readonly keys: number;
+}
+
+const script = (lua: string, keys: number): LuaScript => ({
+  lua,
+  sha: createHash('sha1').update(lua).digest('hex'),
+  keys,
+});
+
+const PUBLISH_5_SCRIPT = script(PUBLISH_5, 5);
+
+/** A settled command's promise points here instead of at its reply (see `send`). */
+const SETTLED: Promise<unknown> = Promise.resolve();
+
+/**
+ * Sends one command through a Command of our own and, once Redis replied,
+ * drops what it holds: its arguments and its promise (so its reply). ioredis
+ * keeps settled commands reachable from its internals for a while; measured
+ * here, a process sending one 5 KB command per ms keeps ~1.6 MB alive at every
+ * young-generation GC, almost all of it then promoted to the old generation,
+ * where it costs multi-millisecond full GCs and with them the latency tail.
+ * The hot paths (publish script, XREADGROUP, XACK) carry whole batches, so they
+ * go through here. `buffers`: replies as Buffers (like `callBuffer`).
+ */
+function send(
+  client: RedisClient,
+  name: string,
+  args: (string | Buffer | number)[],
+  buffers = false,
+): Promise<unknown> {
+  const cmd = new Command(name, args, buffers ? { replyEncoding: null } : { replyEncoding: 'utf8' });
+  const p = cmd.promise;
+  const release = () => {
+    cmd.args = [];
+    cmd.promise = SETTLED as typeof cmd.promise;
+  };
+  p.then(release, release);
+  void client.sendCommand(cmd);
+  return p;
+}
+
+/** Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. */
+function runScript(client: RedisClient, s: LuaScript, args: (string | Buffer)[]): Promise<unknown> {
+  return send(client, 'evalsha', [s.sha, s.keys, ...args]).catch((err: Error) => {
+    if (!/NOSCRIPT/.test(err.message)) throw err;
+    return send(client, 'eval', [s.lua, s.keys, ...args]);
+  });
+}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -233,7 +284,6 @@ export class RedisStreamsTransport implements Transport {
     const client = createClient(this.options);
     client.defineCommand('qeDeadLetter', { numberOfKeys: 2, lua: DEAD_LETTER_2 });
     client.defineCommand('qeRedrive', { numberOfKeys: 2, lua: REDRIVE_2 });
-    client.defineCommand('qePublish', { numberOfKeys: 5, lua: PUBLISH_5 });
     client.defineCommand('qeSchedule', { numberOfKeys: 2, lua: SCHEDULE_2 });
     client.defineCommand('qePromote', { numberOfKeys: 6, lua: PROMOTE_6 });
     client.on('error', (err: Error) => this.throttledError(err));
@@ -450,18 +500,16 @@ export class RedisStreamsTransport implements Transport {
     const send = (part: number, chunk: { args: (string | Buffer)[]; owners: PendingPublish[] }) => {
       const { args, owners } = chunk;
       calls.push(
-        (client as unknown as ScriptCommands)
-          .qePublish(...keys.streams(part), trim[0], trim[1], trim[2], ...args)
-          .then(
-            (reply) => {
-              const lost = Number(reply?.[1] ?? 0);
-              if (lost > 0) this.noteTrimmedUnread(lost);
-              for (const p of owners) this.finishPublish(p, null, 1);
-            },
-            (err: Error) => {
-              for (const p of owners) this.finishPublish(p, err, 1);
-            },
-          ),
+        runScript(client, PUBLISH_5_SCRIPT, [...keys.streams(part), trim[0], trim[1], trim[2], ...args]).then(
+          (reply) => {
+            const lost = Number((reply as [number, number] | null)?.[1] ?? 0);
+            if (lost > 0) this.noteTrimmedUnread(lost);
+            for (const p of owners) this.finishPublish(p, null, 1);
+          },
+          (err: Error) => {
+            for (const p of owners) this.finishPublish(p, err, 1);
+          },
+        ),
       );
     };
     for (const p of batch) {
@@ -832,19 +880,23 @@ class StreamConsumer implements TransportConsumer {
     let backoff = 0;
     while (await this.waitUntilRunnable()) {
       try {
-        const res = (await reader.callBuffer(
+        const res = (await send(
+          reader,
           'XREADGROUP',
-          'GROUP',
-          this.group,
-          this.me,
-          'COUNT',
-          this.readCount(),
-          'BLOCK',
-          this.transport.options.blockMs,
-          'STREAMS',
-          ...keys,
-          ...ids,
-        )) as unknown as RawRead;
+          [
+            'GROUP',
+            this.group,
+            this.me,
+            'COUNT',
+            this.readCount(),
+            'BLOCK',
+            this.transport.options.blockMs,
+            'STREAMS',
+            ...keys,
+            ...ids,
+          ],
+          true,
+        )) as RawRead;
         backoff = 0;
         if (res) this.handleRead(res);
       } catch (err) {
@@ -866,17 +918,12 @@ class StreamConsumer implements TransportConsumer {
         const reads = await Promise.all(
           Array.from({ length: t.options.partitions }, (_, p) => {
             const keys = t.keys.streams(p);
-            return client.callBuffer(
+            return send(
+              client,
               'XREADGROUP',
-              'GROUP',
-              this.group,
-              this.me,
-              'COUNT',
-              count,
-              'STREAMS',
-              ...keys,
-              ...keys.map(() => '>'),
-            ) as unknown as Promise<RawRead>;
+              ['GROUP', this.group, this.me, 'COUNT', count, 'STREAMS', ...keys, ...keys.map(() => '>')],
+              true,
+            ) as Promise<RawRead>;
           }),
         );
         backoff = 0;
@@ -990,7 +1037,7 @@ class StreamConsumer implements TransportConsumer {
     await Promise.all(
       buf.map(async ([stream, ids]) => {
         try {
-          await client.xack(stream, this.group, ...ids);
+          await send(client, 'XACK', [stream, this.group, ...ids]);
           t.counters.acked += ids.length;
         } catch (err) {
           // the entries stay pending and are redelivered: at-least-once, never lost

@@ -87,4 +87,20 @@ describe('publish-5: batched appends', () => {
     expect(await r.xlen(t.keys.stream(0, EventPriority.NORMAL))).toBe(1);
     expect(t.stats().pendingPublishes).toBe(0);
   });
+
+  it('publishes on after Redis forgot its scripts (SCRIPT FLUSH, as after a restart): EVALSHA falls back to EVAL', async () => {
+    const keyPrefix = uniquePrefix('noscript');
+    cleanups.push(() => deletePrefix(keyPrefix));
+    const producer = await bus(keyPrefix, 'noscript-producer');
+    const consumer = await bus(keyPrefix, 'noscript-consumer');
+    const got: number[] = [];
+    await consumer.subscribe('ns.*', (e) => void got.push((e.data as { i: number }).i)).ready;
+    await producer.publish({ type: 'ns.x', agentId: 'a', data: { i: 1 } });
+    const r = new Redis(REDIS_URL);
+    cleanups.push(() => void r.disconnect());
+    await r.script('FLUSH');
+    await producer.publishBatch([2, 3].map((i) => ({ type: 'ns.x', agentId: 'a', data: { i } })));
+    await waitFor(() => got.length === 3, 'three events');
+    expect(got).toEqual([1, 2, 3]);
+  });
 });
