@@ -172,15 +172,11 @@ function isField(name: Buffer, c: number): boolean {
 const FIELD_E = 0x65; // 'e': the frame
 const FIELD_T = 0x74; // 't': publish time, ms
 
-function fieldsOf(fields: Buffer[] | null): { e?: Buffer; t?: number } {
-  if (!fields) return {};
-  const out: { e?: Buffer; t?: number } = {};
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    const k = fields[i]!;
-    if (isField(k, FIELD_E)) out.e = fields[i + 1]!;
-    else if (isField(k, FIELD_T)) out.t = Number(fields[i + 1]!.toString('latin1'));
-  }
-  return out;
+/** The frame (field `e`) of a stream entry read back for history or replay. */
+function frameOf(fields: Buffer[] | null): Buffer | undefined {
+  if (fields)
+    for (let i = 0; i + 1 < fields.length; i += 2) if (isField(fields[i]!, FIELD_E)) return fields[i + 1]!;
+  return undefined;
 }
 
 /** Compares two stream ids (`ms-seq`). */
@@ -497,7 +493,7 @@ export class RedisStreamsTransport implements Transport {
     const calls: Promise<void>[] = [];
     // one argument list per partition under construction; a full one is sent at once
     const open = new Map<number, { args: (string | Buffer)[]; owners: PendingPublish[] }>();
-    const send = (part: number, chunk: { args: (string | Buffer)[]; owners: PendingPublish[] }) => {
+    const sendChunk = (part: number, chunk: { args: (string | Buffer)[]; owners: PendingPublish[] }) => {
       const { args, owners } = chunk;
       calls.push(
         runScript(client, PUBLISH_5_SCRIPT, [...keys.streams(part), trim[0], trim[1], trim[2], ...args]).then(
@@ -522,12 +518,12 @@ export class RedisStreamsTransport implements Transport {
         chunk.args.push(LEVEL_ARG[ev.priority]!, p.t, p.frames[i]!);
         chunk.owners.push(p);
         if (chunk.owners.length >= PUBLISH_CHUNK) {
-          send(part, chunk);
+          sendChunk(part, chunk);
           open.delete(part);
         }
       }
     }
-    for (const [part, chunk] of open) send(part, chunk);
+    for (const [part, chunk] of open) sendChunk(part, chunk);
     await Promise.all(calls);
   }
 
@@ -627,7 +623,7 @@ export class RedisStreamsTransport implements Transport {
           if (rows.length === 0) break;
           for (const [idBuf, fields] of rows) {
             const id = idBuf.toString();
-            const { e } = fieldsOf(fields);
+            const e = frameOf(fields);
             if (!e) continue;
             const event = this.decode(e);
             if (!event || (matcher && !matcher.matches(event.type))) continue;
@@ -658,7 +654,7 @@ export class RedisStreamsTransport implements Transport {
         for (;;) {
           const page = (await client.xrangeBuffer(key, lower, end, 'COUNT', 1000)) as unknown as RawEntry[];
           for (const [idBuf, fields] of page) {
-            const { e } = fieldsOf(fields);
+            const e = frameOf(fields);
             const event = e && this.decode(e);
             if (event && (!matcher || matcher.matches(event.type)))
               rows.push({ id: idBuf.toString(), event });

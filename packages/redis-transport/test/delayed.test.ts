@@ -1,11 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { QEEventBus, type QEEventBusConfig, RETRY_ATTEMPT_KEY } from '@qe/core';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
-import { deletePrefix, REDIS_URL, uniquePrefix } from './helpers.js';
+import { deletePrefix, REDIS_URL, startFixture, uniquePrefix } from './helpers.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -144,33 +142,13 @@ describe('durable delayed retries (the partition delayed set)', () => {
     const keyPrefix = uniquePrefix('dly-crash');
     cleanups.push(() => deletePrefix(keyPrefix));
     const r = redis();
-    const child: ChildProcess = spawn(
-      process.execPath,
-      [
-        '--conditions=@qe/source',
-        '--import',
-        'tsx',
-        fileURLToPath(new URL('./fixtures/retrier.ts', import.meta.url)),
-        REDIS_URL,
-        keyPrefix,
-        `dly-child-${process.pid}`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    cleanups.push(() => void child.kill('SIGKILL'));
     const childCalls: number[] = [];
     let ready = false;
-    let buf = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buf += chunk.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line === 'ready') ready = true;
-        else if (line.startsWith('called ')) childCalls.push(Number(line.slice(7)));
-      }
+    const child = startFixture('retrier.ts', [REDIS_URL, keyPrefix, `dly-child-${process.pid}`], (line) => {
+      if (line === 'ready') ready = true;
+      else if (line.startsWith('called ')) childCalls.push(Number(line.slice(7)));
     });
+    cleanups.push(() => void child.kill('SIGKILL'));
     await waitFor(() => ready, 'the child bus', 20_000);
     const producer = await bus(`dly-producer-${process.pid}`, { keyPrefix });
     const t = producer.transport as RedisStreamsTransport;

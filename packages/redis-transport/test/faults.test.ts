@@ -1,11 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { type AgentEvent, EventPriority, QEEventBus } from '@qe/core';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
-import { deletePrefix, REDIS_URL, uniquePrefix } from './helpers.js';
+import { deletePrefix, REDIS_URL, startFixture, uniquePrefix } from './helpers.js';
 import { type RedisProcess, startProxy, startRedis } from './redis-server.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -95,34 +93,17 @@ describe('redis faults', () => {
   it('SIGKILL of a consumer process holding unacked events: every event handled by another member, none lost', async () => {
     const keyPrefix = uniquePrefix('sigkill');
     cleanups.push(() => deletePrefix(keyPrefix));
-    const child: ChildProcess = spawn(
-      process.execPath,
-      [
-        '--conditions=@qe/source',
-        '--import',
-        'tsx',
-        fileURLToPath(new URL('./fixtures/consumer.ts', import.meta.url)),
-        REDIS_URL,
-        keyPrefix,
-        `child-${process.pid}`,
-        '20',
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    cleanups.push(() => void child.kill('SIGKILL'));
     const handledByChild = new Set<string>();
     let ready = false;
-    let buf = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
-      buf += chunk.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
+    const child = startFixture(
+      'consumer.ts',
+      [REDIS_URL, keyPrefix, `child-${process.pid}`, '20'],
+      (line) => {
         if (line === 'ready') ready = true;
         else if (line.startsWith('handled ')) handledByChild.add(line.slice(8));
-      }
-    });
+      },
+    );
+    cleanups.push(() => void child.kill('SIGKILL'));
     await waitFor(() => ready, 'the child consumer', 20_000);
     const local = await bus({ url: REDIS_URL, keyPrefix, claimIdleMs: 1000 });
     const handledHere = new Map<string, number>();

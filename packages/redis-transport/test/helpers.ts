@@ -1,3 +1,5 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -20,4 +22,33 @@ export async function deletePrefix(prefix: string, url = REDIS_URL): Promise<voi
   } finally {
     r.disconnect();
   }
+}
+
+/**
+ * Starts `test/fixtures/<name>` in a child Node process (TypeScript sources
+ * through tsx) and calls `onLine` with each line it prints.
+ */
+export function startFixture(name: string, args: string[], onLine: (line: string) => void): ChildProcess {
+  const child = spawn(
+    process.execPath,
+    [
+      '--conditions=@qe/source',
+      '--import',
+      'tsx',
+      fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url)),
+      ...args,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let buf = '';
+  child.stdout!.on('data', (chunk: Buffer) => {
+    buf += chunk.toString();
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      onLine(line);
+    }
+  });
+  return child;
 }
