@@ -29,6 +29,8 @@ const SECONDS = Number(process.env.QE_BENCH_SECONDS ?? 5);
 const WARMUP = Number(process.env.QE_BENCH_WARMUP ?? 1);
 const RATE = Number(process.env.QE_BENCH_RATE ?? 10_000);
 const ROUNDS = Math.max(1, Number(process.env.QE_BENCH_ROUNDS ?? 3));
+/** Which parts run: `max`, `open` or both (the default), for example QE_BENCH_MODES=open. */
+const MODES = new Set((process.env.QE_BENCH_MODES ?? 'max,open').split(','));
 const INFLIGHT = 1000;
 const STREAM_FIELD = 'e';
 const payload = (i: number, at: number) => ({
@@ -70,6 +72,10 @@ if (process.argv[2] === 'consumer' || process.argv[2] === 'producer')
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       gc.ms += e.duration;
+      if (process.env.QE_BENCH_GC_LOG)
+        process.stderr.write(
+          `gc ${process.argv[2]} ${process.argv[3]} kind=${(e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind} ${e.duration.toFixed(2)} ms at ${e.startTime.toFixed(0)}\n`,
+        );
       if ((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === 4) gc.major++; // NODE_PERFORMANCE_GC_MAJOR
     }
   }).observe({ entryTypes: ['gc'] });
@@ -272,6 +278,7 @@ function child(
     process.execPath,
     [
       ...(process.env.QE_BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/qeprof'] : []),
+      ...(process.env.QE_BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? []),
       '--conditions=@qe/source',
       '--import',
       'tsx',
@@ -292,8 +299,14 @@ function child(
     buf += d.toString();
     let nl: number;
     while ((nl = buf.indexOf('\n')) >= 0) {
-      const msg = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      const text = buf.slice(0, nl);
       buf = buf.slice(nl + 1);
+      // node's own tracing (QE_BENCH_NODE_FLAGS=--trace-gc) shares stdout: pass it on
+      if (!text.startsWith('{')) {
+        process.stderr.write(`${role} ${kind}: ${text}\n`);
+        continue;
+      }
+      const msg = JSON.parse(text) as Record<string, unknown>;
       const w = waiters.shift();
       if (w) w(msg);
       else queue.push(msg);
@@ -382,18 +395,30 @@ async function main() {
   const openTotal = Math.round(RATE * (WARMUP + SECONDS));
   const openWarm = Math.round(RATE * WARMUP);
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const kind of ['raw', 'bus', 'bus-batch'] as const) max[kind].push(await runPair(kind, 'max', N, 0));
-    for (const kind of ['raw', 'bus'] as const)
-      open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
-    const last = (k: Kind) => max[k][round - 1]!;
-    const lastO = (k: 'raw' | 'bus') => open[k][round - 1]!;
-    console.log(
-      `round ${round}: max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s | ` +
-        `open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}`,
-    );
+    const line: string[] = [`round ${round}:`];
+    if (MODES.has('max')) {
+      for (const kind of ['raw', 'bus', 'bus-batch'] as const)
+        max[kind].push(await runPair(kind, 'max', N, 0));
+      const last = (k: Kind) => max[k][round - 1]!;
+      line.push(
+        `max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s`,
+      );
+    }
+    if (MODES.has('open')) {
+      for (const kind of ['raw', 'bus'] as const)
+        open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
+      const lastO = (k: 'raw' | 'bus') => open[k][round - 1]!;
+      line.push(`open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}`);
+    }
+    console.log(line.join(' | '));
   }
   const failed = [...Object.values(max), ...Object.values(open)].flat().reduce((a, r) => a + r.failed, 0);
   if (failed > 0) console.log(`!! ${failed} publishes failed`);
+  if (MODES.has('max')) printMax(max);
+  if (MODES.has('open')) printOpen(open);
+}
+
+function printMax(max: Record<Kind, PairResult[]>) {
   const rawEps = median(max.raw.map((r) => r.eps));
   console.log(
     `\n## max throughput, ${fmt(N)} events, ${INFLIGHT} in flight (median of ${ROUNDS})` +
@@ -409,6 +434,9 @@ async function main() {
       `${name}  ${fmt(eps).padStart(9)}  ${(eps / rawEps).toFixed(2).padStart(5)}   ${cpuCol(max[kind]).padEnd(40)}${gcCol(max[kind])}`,
     );
   }
+}
+
+function printOpen(open: Record<'raw' | 'bus', PairResult[]>) {
   console.log(
     `\n## open loop ${fmt(RATE)} events/s for ${SECONDS} s after ${WARMUP} s warm-up (latency from intended send time to handler; median of ${ROUNDS})`,
   );
