@@ -30,7 +30,8 @@ import {
   type TransportHealth,
   type TransportStats,
 } from '@qe/core';
-import { Cluster, Command, Redis } from 'ioredis';
+import { Cluster, type Command, Redis } from 'ioredis';
+import { type Arg, LeanCommand } from './command.js';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
@@ -121,41 +122,32 @@ const script = (lua: string, keys: number): LuaScript => ({
 
 const PUBLISH_5_SCRIPT = script(PUBLISH_5, 5);
 
-/** A settled command's promise points here instead of at its reply (see `send`). */
-const SETTLED: Promise<unknown> = Promise.resolve();
-
 /**
- * Sends one command through a Command of our own and, once Redis replied,
- * drops what it holds: its arguments and its promise (so its reply). ioredis
- * keeps settled commands reachable from its internals for a while; measured
- * here, a process sending one 5 KB command per ms keeps ~1.6 MB alive at every
- * young-generation GC, almost all of it then promoted to the old generation,
- * where it costs multi-millisecond full GCs and with them the latency tail.
+ * Sends one command as a `LeanCommand` (see command.ts: replies sent through
+ * ioredis's own Command objects outlive young GCs, which is the latency tail).
  * The hot paths (publish script, XREADGROUP, XACK) carry whole batches, so they
- * go through here. `buffers`: replies as Buffers (like `callBuffer`).
+ * go through here. `key` routes it in a Cluster; `buffers`: replies as Buffers
+ * (like `callBuffer`), otherwise as strings.
  */
 function send(
   client: RedisClient,
   name: string,
-  args: (string | Buffer | number)[],
+  args: Arg[],
+  key: string,
   buffers = false,
 ): Promise<unknown> {
-  const cmd = new Command(name, args, buffers ? { replyEncoding: null } : { replyEncoding: 'utf8' });
-  const p = cmd.promise;
-  const release = () => {
-    cmd.args = [];
-    cmd.promise = SETTLED as typeof cmd.promise;
-  };
-  p.then(release, release);
-  void client.sendCommand(cmd);
-  return p;
+  const cmd = new LeanCommand(name, args, key, buffers);
+  // ioredis takes any object with Command's shape; its typings name the class
+  void client.sendCommand(cmd as unknown as Command);
+  return cmd.promise;
 }
 
-/** Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. */
+/** Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. `args` start with its keys. */
 function runScript(client: RedisClient, s: LuaScript, args: (string | Buffer)[]): Promise<unknown> {
-  return send(client, 'evalsha', [s.sha, s.keys, ...args]).catch((err: Error) => {
+  const key = args[0] as string;
+  return send(client, 'evalsha', [s.sha, s.keys, ...args], key).catch((err: Error) => {
     if (!/NOSCRIPT/.test(err.message)) throw err;
-    return send(client, 'eval', [s.lua, s.keys, ...args]);
+    return send(client, 'eval', [s.lua, s.keys, ...args], key);
   });
 }
 
@@ -878,7 +870,7 @@ class StreamConsumer implements TransportConsumer {
       try {
         const res = (await send(
           reader,
-          'XREADGROUP',
+          'xreadgroup',
           [
             'GROUP',
             this.group,
@@ -891,6 +883,7 @@ class StreamConsumer implements TransportConsumer {
             ...keys,
             ...ids,
           ],
+          keys[0]!,
           true,
         )) as RawRead;
         backoff = 0;
@@ -916,8 +909,9 @@ class StreamConsumer implements TransportConsumer {
             const keys = t.keys.streams(p);
             return send(
               client,
-              'XREADGROUP',
+              'xreadgroup',
               ['GROUP', this.group, this.me, 'COUNT', count, 'STREAMS', ...keys, ...keys.map(() => '>')],
+              keys[0]!,
               true,
             ) as Promise<RawRead>;
           }),
@@ -1033,7 +1027,7 @@ class StreamConsumer implements TransportConsumer {
     await Promise.all(
       buf.map(async ([stream, ids]) => {
         try {
-          await send(client, 'XACK', [stream, this.group, ...ids]);
+          await send(client, 'xack', [stream, this.group, ...ids], stream);
           t.counters.acked += ids.length;
         } catch (err) {
           // the entries stay pending and are redelivered: at-least-once, never lost

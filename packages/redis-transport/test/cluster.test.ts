@@ -2,6 +2,7 @@ import { QEEventBus } from '@qe/core';
 import { describeTransportConformance, waitFor } from '@qe/transport-conformance';
 import { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { keySlot, LeanCommand } from '../src/command.js';
 import { RedisStreamsTransport } from '../src/index.js';
 import { type LocalCluster, startCluster } from './cluster.js';
 import { uniquePrefix } from './helpers.js';
@@ -37,6 +38,47 @@ describeTransportConformance({
 });
 
 describe('redis cluster specifics', () => {
+  it("routes the transport's own commands by the key slot Redis computes, and follows MOVED", async () => {
+    const c = new Cluster(cluster.nodes);
+    try {
+      const keys: (string | Buffer)[] = [
+        'a',
+        'qe:{qe:p1}:s:2',
+        '{}x',
+        'x{}y{z}',
+        '{user1000}.following',
+        'tag{',
+        Buffer.from([0xff, 0x00, 0x7b, 0x80, 0x7d]),
+      ];
+      for (const k of keys) expect(keySlot(k)).toBe(Number(await c.cluster('KEYSLOT', k as string)));
+      const send = (args: string[], routeBy: string) => {
+        const cmd = new LeanCommand('set', args, routeBy, false);
+        void c.sendCommand(cmd as never);
+        return cmd.promise;
+      };
+      const prefix = uniquePrefix('route');
+      const owner = async (k: string) => {
+        const slot = keySlot(k);
+        const slots = (await c.cluster('SLOTS')) as unknown as [number, number, [string, number]][];
+        return slots.find(([lo, hi]) => slot >= lo && slot <= hi)![2][1];
+      };
+      // two keys on different masters
+      const k1 = `${prefix}:{a}`;
+      let k2 = '';
+      for (let i = 0; !k2; i++)
+        if ((await owner(`${prefix}:{b${i}}`)) !== (await owner(k1))) k2 = `${prefix}:{b${i}}`;
+      await expect(send([k1, 'one'], k1)).resolves.toBe('OK');
+      // routed by the wrong key: the first node answers MOVED and ioredis retries on the right one
+      await expect(send([k2, 'two'], k1)).resolves.toBe('OK');
+      expect(await c.get(k1)).toBe('one');
+      expect(await c.get(k2)).toBe('two');
+      await c.del(k1);
+      await c.del(k2);
+    } finally {
+      c.disconnect();
+    }
+  });
+
   it('spreads partitions over the masters and keeps one agent on one partition', async () => {
     const keyPrefix = uniquePrefix('spread');
     const b = new QEEventBus({ nodeId: 'spread', transport: transport(keyPrefix) });
