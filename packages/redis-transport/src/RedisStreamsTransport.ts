@@ -605,13 +605,13 @@ export class RedisStreamsTransport implements Transport {
         let scanned = 0;
         let kept = 0;
         while (scanned < scanCap && kept < limit) {
-          const rows = (await client.xrevrangeBuffer(
+          const rows = (await send(
+            client,
+            'xrevrange',
+            [key, upper, start, 'COUNT', page],
             key,
-            upper,
-            start,
-            'COUNT',
-            page,
-          )) as unknown as RawEntry[];
+            true,
+          )) as RawEntry[];
           if (rows.length === 0) break;
           for (const [idBuf, fields] of rows) {
             const id = idBuf.toString();
@@ -644,7 +644,13 @@ export class RedisStreamsTransport implements Transport {
       this.keys.allStreams().map(async (key) => {
         let lower = start;
         for (;;) {
-          const page = (await client.xrangeBuffer(key, lower, end, 'COUNT', 1000)) as unknown as RawEntry[];
+          const page = (await send(
+            client,
+            'xrange',
+            [key, lower, end, 'COUNT', 1000],
+            key,
+            true,
+          )) as RawEntry[];
           for (const [idBuf, fields] of page) {
             const e = frameOf(fields);
             const event = e && this.decode(e);
@@ -1086,14 +1092,13 @@ class StreamConsumer implements TransportConsumer {
     const client = this.transport.client;
     if (!client) return;
     try {
-      const claimed = (await client.callBuffer(
-        'XCLAIM',
+      const claimed = (await send(
+        client,
+        'xclaim',
+        [stream, this.group, this.me, 0, ...ids],
         stream,
-        this.group,
-        this.me,
-        0,
-        ...ids,
-      )) as unknown as RawEntry[];
+        true,
+      )) as RawEntry[];
       this.noteDeleted(stream, ids, claimed);
       this.handleRead([[Buffer.from(stream), claimed]], attempts);
     } catch (err) {
@@ -1138,14 +1143,13 @@ class StreamConsumer implements TransportConsumer {
         if (take.length === 0) continue;
         const attempts = new Map(take.map(([id, , , count]) => [id, count + 1]));
         const ids = take.map(([id]) => id);
-        const claimed = (await client.callBuffer(
-          'XCLAIM',
+        const claimed = (await send(
+          client,
+          'xclaim',
+          [stream, this.group, this.me, own ? 0 : t.options.claimIdleMs, ...ids],
           stream,
-          this.group,
-          this.me,
-          own ? 0 : t.options.claimIdleMs,
-          ...ids,
-        )) as unknown as RawEntry[];
+          true,
+        )) as RawEntry[];
         this.noteDeleted(stream, ids, claimed);
         t.counters.claimed += claimed.length;
         if (claimed.length > 0) this.handleRead([[Buffer.from(stream), claimed]], attempts);
