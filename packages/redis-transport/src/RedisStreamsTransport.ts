@@ -36,6 +36,7 @@ import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
 import { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
+import { SlotList } from './slot-list.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -312,8 +313,8 @@ export class RedisStreamsTransport implements Transport {
     await Promise.all([...this.consumers].map((c) => c.close()));
     if (this.pending.length > 0) await this.flush();
     const deadline = Date.now() + 5000;
-    while ((this.inFlightEvents > 0 || this.flushes.size > 0) && Date.now() < deadline) {
-      await Promise.race([Promise.allSettled([...this.flushes]), sleep(5)]);
+    while ((this.inFlightEvents > 0 || this.tracked > 0) && Date.now() < deadline) {
+      await Promise.race([this.trackedDone(), sleep(5)]);
       await new Promise((r) => setImmediate(r)); // acks scheduled for this tick
     }
     const c = this.client;
@@ -564,13 +565,26 @@ export class RedisStreamsTransport implements Transport {
     return c;
   }
 
-  private readonly flushes = new Set<Promise<void>>();
+  /** Background writes under way (ack flushes, retry schedules); a count, not a Set (see SlotList). */
+  private tracked = 0;
+  private trackedIdle: (() => void)[] = [];
 
   /** Keeps a background write (an ack flush) visible to `close()`, which waits for it. */
   track(p: Promise<void>): Promise<void> {
-    this.flushes.add(p);
-    void p.finally(() => this.flushes.delete(p));
+    this.tracked++;
+    const done = () => {
+      if (--this.tracked > 0) return;
+      const waiters = this.trackedIdle;
+      this.trackedIdle = [];
+      for (const w of waiters) w();
+    };
+    p.then(done, done);
     return p;
+  }
+
+  /** Resolves once no tracked write is under way. */
+  private trackedDone(): Promise<void> {
+    return this.tracked === 0 ? Promise.resolve() : new Promise((r) => this.trackedIdle.push(r));
   }
 
   forget(c: StreamConsumer): void {
@@ -742,6 +756,8 @@ export class RedisStreamsTransport implements Transport {
 /** An entry handed to the bus. Settling is idempotent. */
 class RedisDelivery implements Delivery {
   settled = false;
+  /** Its index in the consumer's in-flight SlotList, -1 when not there. */
+  slot = -1;
   constructor(
     readonly consumer: StreamConsumer,
     readonly stream: string,
@@ -783,7 +799,8 @@ class StreamConsumer implements TransportConsumer {
   private paused = false;
   private resumeWaiters: (() => void)[] = [];
   /** Deliveries handed to the bus and not settled yet (their idle time is refreshed). */
-  private readonly inflight = new Set<RedisDelivery>();
+  private readonly inflight = new SlotList<RedisDelivery>();
+  /** Ids to XACK per stream at the next flush. Never cleared (see SlotList): arrays are swapped out. */
   private readonly ackBuf = new Map<string, string[]>();
   private ackScheduled = false;
   private ackFlushing: Promise<void> = Promise.resolve();
@@ -1025,8 +1042,12 @@ class StreamConsumer implements TransportConsumer {
 
   private async flushAcks(): Promise<void> {
     this.ackScheduled = false;
-    const buf = [...this.ackBuf];
-    this.ackBuf.clear();
+    const buf: [string, string[]][] = [];
+    for (const [stream, ids] of this.ackBuf)
+      if (ids.length > 0) {
+        buf.push([stream, ids]);
+        this.ackBuf.set(stream, []);
+      }
     const client = this.transport.client;
     if (!client || buf.length === 0) return;
     const t = this.transport;
