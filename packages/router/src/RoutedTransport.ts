@@ -277,7 +277,9 @@ export class RoutedTransport implements Transport {
   }
 
   stats(): TransportStats {
-    return { ...this.options.inner.stats(), router: { ...this.counters } };
+    let lanes = 0;
+    for (const c of this.consumers) lanes += c.keptLanes;
+    return { ...this.options.inner.stats(), router: { ...this.counters, lanes } };
   }
 
   getRecentEvents = (q: Parameters<NonNullable<Transport['getRecentEvents']>>[0]) => {
@@ -315,6 +317,15 @@ class InboxDelivery implements Delivery {
   }
 }
 
+/** A key's lane: busy while one of its events is with the bus; the key's later events wait in `queue`. */
+interface Lane {
+  busy: boolean;
+  queue: InboxDelivery[];
+}
+
+/** Idle lanes kept before a sweep (when they are also more than half of all lanes). */
+const IDLE_LANES_KEPT = 1024;
+
 /** One member of one group: heartbeat, inbox reader, lanes, reaper of dead members. */
 class InboxConsumer implements TransportConsumer {
   private closed = false;
@@ -323,7 +334,14 @@ class InboxConsumer implements TransportConsumer {
   private loop: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private readonly inbox: string;
-  private readonly lanes = new Map<string, InboxDelivery[]>();
+  /**
+   * Lanes by key. A lane that empties stays, idle, until a sweep replaces the
+   * Map with one of the busy lanes only: deleting a key per event would churn
+   * the Map's tables, and after a backlog the old tables keep later deliveries
+   * alive through young GCs (long GC pauses for the rest of the run).
+   */
+  private lanes = new Map<string, Lane>();
+  private idleLanes = 0;
   private readonly laneKey: ((e: AgentEvent) => string) | undefined;
 
   constructor(
@@ -439,11 +457,32 @@ class InboxConsumer implements TransportConsumer {
       return;
     }
     const lane = this.lanes.get(d.lane);
-    if (lane) lane.push(d);
-    else {
-      this.lanes.set(d.lane, []);
-      this.sink.deliver(d);
+    if (!lane) this.lanes.set(d.lane, { busy: true, queue: [] });
+    else if (lane.busy) {
+      lane.queue.push(d);
+      return;
+    } else {
+      lane.busy = true;
+      this.idleLanes--;
     }
+    this.sink.deliver(d);
+  }
+
+  /** How many lanes have an event with the bus or waiting (idle ones not counted). */
+  get busyLanes(): number {
+    return this.lanes.size - this.idleLanes;
+  }
+
+  /** Lanes kept, busy or idle (idle ones are dropped by the next sweep). */
+  get keptLanes(): number {
+    return this.lanes.size;
+  }
+
+  private sweepLanes(): void {
+    const busy = new Map<string, Lane>();
+    for (const [key, lane] of this.lanes) if (lane.busy) busy.set(key, lane);
+    this.lanes = busy;
+    this.idleLanes = 0;
   }
 
   done(d: InboxDelivery, ok: boolean, delayMs = 0): void {
@@ -462,9 +501,13 @@ class InboxConsumer implements TransportConsumer {
     }
     if (d.lane !== undefined) {
       const lane = this.lanes.get(d.lane);
-      const next = lane?.shift();
+      if (!lane?.busy) return;
+      const next = lane.queue.shift();
       if (next) this.sink.deliver(next);
-      else this.lanes.delete(d.lane);
+      else {
+        lane.busy = false;
+        if (++this.idleLanes > IDLE_LANES_KEPT && this.idleLanes * 2 > this.lanes.size) this.sweepLanes();
+      }
     }
   }
 

@@ -227,6 +227,50 @@ describe('routing across processes on Redis', () => {
     expect(ms.filter((m) => m.handled.length > 0).length).toBe(4);
   }, 90_000);
 
+  it('lanes keep per-key order and one event per key at a time, and idle lanes are swept', async () => {
+    const p = prefix();
+    const redis = new Redis(URL_);
+    const t = new RoutedTransport({ inner: new MemoryTransport(), redis, prefix: p, lanes: {} });
+    const bus = new QEEventBus({ nodeId: 'lanes', transport: t });
+    await bus.start();
+    cleanups.push(async () => {
+      await bus.stop();
+      redis.disconnect();
+    });
+    const seen = new Map<string, number[]>();
+    const active = new Map<string, number>();
+    let overlaps = 0;
+    let handled = 0;
+    await bus.subscribe(
+      'lane.*',
+      async (e) => {
+        const key = e.agentId!;
+        if ((active.get(key) ?? 0) > 0) overlaps++;
+        active.set(key, (active.get(key) ?? 0) + 1);
+        if (key.startsWith('slow')) await new Promise((r) => setTimeout(r, 5));
+        seen.set(key, [...(seen.get(key) ?? []), (e.data as { seq: number }).seq]);
+        active.set(key, active.get(key)! - 1);
+        handled++;
+      },
+      { group: 'g', maxConcurrency: 16 },
+    ).ready;
+    // 3 slow keys with 60 events each, interleaved with 3,000 keys seen once: the sweeps run while slow lanes are busy
+    const events = [];
+    for (let i = 0; i < 3000; i++) {
+      events.push({ type: 'lane.once', agentId: `once-${i}`, data: { seq: 0 } });
+      if (i % 50 === 0)
+        for (const k of ['slow-a', 'slow-b', 'slow-c'])
+          events.push({ type: 'lane.slow', agentId: k, data: { seq: i / 50 } });
+    }
+    for (let i = 0; i < events.length; i += 200) await bus.publishBatch(events.slice(i, i + 200));
+    await waitFor(() => handled === events.length, 'every event handled', 30_000);
+    expect(overlaps).toBe(0);
+    for (const k of ['slow-a', 'slow-b', 'slow-c'])
+      expect(seen.get(k)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+    // without sweeps it would keep a lane per key ever seen (3,003)
+    expect((t.stats().router as { lanes: number }).lanes).toBeLessThanOrEqual(2100);
+  });
+
   it('a long retry of a shared broadcast delivery is stored by the inner Redis transport, not a timer', async () => {
     const p = prefix();
     const redis = new Redis(URL_);
