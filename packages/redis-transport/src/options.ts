@@ -133,6 +133,15 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
     redis.sentinels = o.sentinel.sentinels;
     redis.name = o.sentinel.name;
   }
+  // the transport's own commands (publish script, reads, acks) are sent below ioredis's key
+  // prefixing, so an ioredis keyPrefix would split one stream into two key spaces
+  if (o.redisOptions?.keyPrefix !== undefined)
+    throw new ConfigError('redisOptions.keyPrefix', "use the transport's keyPrefix option instead");
+  if (
+    o.cluster?.options?.keyPrefix !== undefined ||
+    o.cluster?.options?.redisOptions?.keyPrefix !== undefined
+  )
+    throw new ConfigError('cluster.options.keyPrefix', "use the transport's keyPrefix option instead");
   Object.assign(redis, o.redisOptions);
   const keyPrefix = o.keyPrefix ?? 'qe';
   if (typeof keyPrefix !== 'string' || keyPrefix.length === 0 || /[{}\s]/.test(keyPrefix))
