@@ -20,7 +20,8 @@ import {
   type TransportStats,
   UnsupportedError,
 } from '@qe/core';
-import type { Cluster, Redis } from 'ioredis';
+import { type Cluster, Redis } from 'ioredis';
+import { send } from './command.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { createClient } from './RedisStreamsTransport.js';
 
@@ -164,15 +165,21 @@ export class RedisPubSubTransport implements Transport {
     const head = Buffer.allocUnsafe(8);
     head.writeDoubleBE(epochNow(), 0);
     const messages = events.map((e) => Buffer.concat([head, this.serializer.encode(e)]));
-    if (messages.length === 1) await pub.publish(this.channel, messages[0]!);
-    else {
-      const p = pub.pipeline();
-      for (const m of messages) p.publish(this.channel, m);
-      const res = await p.exec();
-      const failed = res?.find(([err]) => err);
-      if (failed)
-        throw new TransportError(`redis rejected a publish: ${failed[0]!.message}`, { cause: failed[0] });
+    // one PUBLISH per event, as LeanCommands (see command.ts); corked, so a batch leaves in one write
+    const stream = pub instanceof Redis && messages.length > 1 ? pub.stream : undefined;
+    stream?.cork();
+    let sent: Promise<unknown>[];
+    try {
+      sent = messages.map((m) => send(pub, 'publish', [this.channel, m], this.channel));
+    } finally {
+      if (stream) process.nextTick(() => stream.uncork());
     }
+    const res = await Promise.allSettled(sent);
+    const failed = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed)
+      throw new TransportError(`redis rejected a publish: ${(failed.reason as Error).message}`, {
+        cause: failed.reason,
+      });
     this.counters.published += events.length;
   }
 

@@ -30,8 +30,8 @@ import {
   type TransportHealth,
   type TransportStats,
 } from '@qe/core';
-import { Cluster, type Command, Redis } from 'ioredis';
-import { type Arg, LeanCommand } from './command.js';
+import { Cluster, Redis } from 'ioredis';
+import { send } from './command.js';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
@@ -122,26 +122,6 @@ const script = (lua: string, keys: number): LuaScript => ({
 });
 
 const PUBLISH_5_SCRIPT = script(PUBLISH_5, 5);
-
-/**
- * Sends one command as a `LeanCommand` (see command.ts: replies sent through
- * ioredis's own Command objects outlive young GCs, which is the latency tail).
- * The hot paths (publish script, XREADGROUP, XACK) carry whole batches, so they
- * go through here. `key` routes it in a Cluster; `buffers`: replies as Buffers
- * (like `callBuffer`), otherwise as strings.
- */
-function send(
-  client: RedisClient,
-  name: string,
-  args: Arg[],
-  key: string,
-  buffers = false,
-): Promise<unknown> {
-  const cmd = new LeanCommand(name, args, key, buffers);
-  // ioredis takes any object with Command's shape; its typings name the class
-  void client.sendCommand(cmd as unknown as Command);
-  return cmd.promise;
-}
 
 /** Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. `args` start with its keys. */
 function runScript(client: RedisClient, s: LuaScript, args: (string | Buffer)[]): Promise<unknown> {

@@ -19,6 +19,8 @@
  * turns them into strings as `replyEncoding: 'utf8'` would.
  */
 
+import type { Cluster, Command, Redis } from 'ioredis';
+
 export type Arg = string | Buffer | number;
 
 const EMPTY: Arg[] = [];
@@ -167,4 +169,22 @@ export class LeanCommand {
       this.timer = undefined;
     }
   }
+}
+
+/**
+ * Sends one command as a LeanCommand through ioredis's `sendCommand` (so the
+ * offline queue, reconnects, timeouts and Cluster routing stay ioredis's).
+ * `key` routes it in a Cluster; `buffers`: replies as Buffers, otherwise strings.
+ */
+export function send(
+  client: Redis | Cluster,
+  name: string,
+  args: Arg[],
+  key: string | undefined,
+  buffers = false,
+): Promise<unknown> {
+  const cmd = new LeanCommand(name, args, key, buffers);
+  // ioredis takes any object with Command's shape; its typings name the class
+  void client.sendCommand(cmd as unknown as Command);
+  return cmd.promise;
 }

@@ -1,5 +1,6 @@
-import { QEEventBus } from '@qe/core';
+import { createEvent, noopLogger, QEEventBus, TransportError } from '@qe/core';
 import { describeTransportConformance, waitFor } from '@qe/transport-conformance';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { createRedisTransport, RedisPubSubTransport } from '../src/index.js';
 import { REDIS_URL, uniquePrefix } from './helpers.js';
@@ -14,6 +15,31 @@ describeTransportConformance({
 });
 
 describe('redis pub/sub specifics', () => {
+  it('a publish Redis refuses rejects with TransportError, single or batched, and the transport keeps working', async () => {
+    const admin = new Redis(REDIS_URL);
+    const user = `qe-test-nopub-${Math.random().toString(36).slice(2, 8)}`;
+    // may subscribe and ping, may not PUBLISH
+    await admin.acl('SETUSER', user, 'on', '>pw', '~*', '&*', '+@all', '-publish');
+    const keyPrefix = uniquePrefix('ps');
+    const t = new RedisPubSubTransport({ url: REDIS_URL, keyPrefix, username: user, password: 'pw' });
+    try {
+      await t.connect({ nodeId: 'ps-refused', logger: noopLogger, onError: () => {} });
+      const e = (i: number) => createEvent('ps.refused').agentId('a').data({ i }).build();
+      await expect(t.publish([e(1)])).rejects.toBeInstanceOf(TransportError);
+      await expect(t.publish([e(1), e(2), e(3)])).rejects.toThrow(/NOPERM|no permissions/i);
+      expect(t.stats().published).toBe(0);
+      expect((await t.healthCheck()).connected).toBe(true);
+      // allowed again: the same transport publishes, corked batch included
+      await admin.acl('SETUSER', user, '+publish');
+      await t.publish([e(4), e(5)]);
+      expect(t.stats().published).toBe(2);
+    } finally {
+      await t.close();
+      await admin.acl('DELUSER', user);
+      admin.disconnect();
+    }
+  });
+
   it('refuses group subscriptions with UNSUPPORTED', async () => {
     const bus = new QEEventBus({
       nodeId: 'ps-g',
