@@ -21,7 +21,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { epochNow, LatencyHistogram, QEEventBus } from '@qe/core';
 import { Redis } from 'ioredis';
-import { RedisStreamsTransport } from '../src/index.js';
+import { RedisPubSubTransport, RedisStreamsTransport } from '../src/index.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const N = Number(process.env.QE_BENCH_EVENTS ?? 200_000);
@@ -57,8 +57,14 @@ const rawEvent = (i: number, at: number) => ({
 });
 
 type Role = 'producer' | 'consumer';
-type Kind = 'raw' | 'bus' | 'bus-batch';
+type Kind = 'raw' | 'bus' | 'bus-batch' | 'raw-ps' | 'bus-ps';
+/** Pub/sub kinds are at-most-once: their consumer gives up waiting this long after it is ready. */
+const PUBSUB_DEADLINE_MS = (WARMUP + SECONDS + 8) * 1000;
 type Mode = 'max' | 'open';
+type MaxKind = 'raw' | 'bus' | 'bus-batch';
+/** What the open loop runs: Streams (at-least-once) and pub/sub (at-most-once), raw and bus. */
+const OPEN_KINDS = ['raw', 'bus', 'raw-ps', 'bus-ps'] as const;
+type OpenKind = (typeof OPEN_KINDS)[number];
 
 /** CPU time (user + system) this process has used, ms. */
 function cpuMs(): number {
@@ -107,6 +113,7 @@ class Recorder {
       cpuMs: cpuMs() - this.cpu0,
       gcMs: gc.ms - this.gc0,
       hist: this.h.snapshot(),
+      received: this.n,
       rss: process.memoryUsage.rss(),
     });
   }
@@ -167,6 +174,38 @@ async function busConsumer(prefix: string, total: number, warm: number) {
   await bus.stop();
 }
 
+/** Pub/sub consumers (raw SUBSCRIBE, or the bus on RedisPubSubTransport); lost messages end the wait at a deadline. */
+async function pubsubConsumer(kind: 'raw-ps' | 'bus-ps', prefix: string, total: number, warm: number) {
+  let finish!: () => void;
+  const done = new Promise<void>((r) => (finish = r));
+  const rec = new Recorder(total, warm);
+  let close: () => Promise<unknown>;
+  if (kind === 'raw-ps') {
+    const sub = new Redis(URL_);
+    await sub.subscribe(`${prefix}:raw-ps`);
+    sub.on('messageBuffer', (_ch: Buffer, msg: Buffer) => {
+      if (rec.record((JSON.parse(msg.toString()) as ReturnType<typeof rawEvent>).data)) finish();
+    });
+    close = async () => sub.disconnect();
+  } else {
+    const bus = new QEEventBus({
+      nodeId: 'bench-ps-consumer',
+      transport: new RedisPubSubTransport({ url: URL_, keyPrefix: prefix }),
+    });
+    await bus.start();
+    await bus.subscribe('bench.*', (e) => {
+      if (rec.record(e.data as { i: number; at: number })) finish();
+    }).ready;
+    close = () => bus.stop();
+  }
+  send({ ready: true });
+  const deadline = setTimeout(finish, PUBSUB_DEADLINE_MS);
+  await done;
+  clearTimeout(deadline);
+  rec.report();
+  await close();
+}
+
 async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
   let publish: (i: number, at: number) => Promise<unknown>;
   let close: () => Promise<unknown>;
@@ -175,10 +214,18 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
     const stream = `${prefix}:raw`;
     publish = (i, at) => r.xadd(stream, '*', STREAM_FIELD, JSON.stringify(rawEvent(i, at)));
     close = async () => r.disconnect();
+  } else if (kind === 'raw-ps') {
+    const r = new Redis(URL_);
+    const channel = `${prefix}:raw-ps`;
+    publish = (i, at) => r.publish(channel, JSON.stringify(rawEvent(i, at)));
+    close = async () => r.disconnect();
   } else {
     const bus = new QEEventBus({
       nodeId: 'bench-producer',
-      transport: new RedisStreamsTransport({ url: URL_, keyPrefix: prefix }),
+      transport:
+        kind === 'bus-ps'
+          ? new RedisPubSubTransport({ url: URL_, keyPrefix: prefix })
+          : new RedisStreamsTransport({ url: URL_, keyPrefix: prefix }),
     });
     await bus.start();
     const event = (i: number, at: number) => ({
@@ -335,6 +382,8 @@ interface PairResult {
   hist: Record<string, number>;
   rss: number;
   failed: number;
+  /** Events the consumer never saw (pub/sub is at-most-once; 0 for streams). */
+  lost: number;
   /** CPU µs per event: producer, consumer, redis-server (NaN when unknown). */
   cpu: [number, number, number];
   /** GC pause ms per 10,000 events: producer, consumer. */
@@ -366,6 +415,7 @@ async function runPair(kind: Kind, mode: Mode, total: number, warm: number): Pro
     hist: done.hist as Record<string, number>,
     rss: Math.max(Number(done.rss), Number(pub.rss)),
     failed: Number(pub.failed),
+    lost: total - Number(done.received),
     cpu: [
       perEvent(Number(pub.cpuMs)),
       perEvent(Number(done.cpuMs)),
@@ -390,8 +440,8 @@ async function main() {
   console.log(
     `# redis benchmark (node ${process.version}; producer and consumer in separate processes; ${URL_}; ${ROUNDS} rounds)`,
   );
-  const max: Record<Kind, PairResult[]> = { raw: [], bus: [], 'bus-batch': [] };
-  const open: Record<'raw' | 'bus', PairResult[]> = { raw: [], bus: [] };
+  const max: Record<MaxKind, PairResult[]> = { raw: [], bus: [], 'bus-batch': [] };
+  const open: Record<OpenKind, PairResult[]> = { raw: [], bus: [], 'raw-ps': [], 'bus-ps': [] };
   const openTotal = Math.round(RATE * (WARMUP + SECONDS));
   const openWarm = Math.round(RATE * WARMUP);
   for (let round = 1; round <= ROUNDS; round++) {
@@ -399,16 +449,18 @@ async function main() {
     if (MODES.has('max')) {
       for (const kind of ['raw', 'bus', 'bus-batch'] as const)
         max[kind].push(await runPair(kind, 'max', N, 0));
-      const last = (k: Kind) => max[k][round - 1]!;
+      const last = (k: MaxKind) => max[k][round - 1]!;
       line.push(
         `max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s`,
       );
     }
     if (MODES.has('open')) {
-      for (const kind of ['raw', 'bus'] as const)
-        open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
-      const lastO = (k: 'raw' | 'bus') => open[k][round - 1]!;
-      line.push(`open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}`);
+      for (const kind of OPEN_KINDS) open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
+      const lastO = (k: OpenKind) => open[k][round - 1]!;
+      line.push(
+        `open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}` +
+          ` | pub/sub raw ${ms(lastO('raw-ps').hist.p99!)}  bus ${ms(lastO('bus-ps').hist.p99!)}`,
+      );
     }
     console.log(line.join(' | '));
   }
@@ -418,7 +470,7 @@ async function main() {
   if (MODES.has('open')) printOpen(open);
 }
 
-function printMax(max: Record<Kind, PairResult[]>) {
+function printMax(max: Record<MaxKind, PairResult[]>) {
   const rawEps = median(max.raw.map((r) => r.eps));
   console.log(
     `\n## max throughput, ${fmt(N)} events, ${INFLIGHT} in flight (median of ${ROUNDS})` +
@@ -436,26 +488,33 @@ function printMax(max: Record<Kind, PairResult[]>) {
   }
 }
 
-function printOpen(open: Record<'raw' | 'bus', PairResult[]>) {
+function printOpen(open: Record<OpenKind, PairResult[]>) {
   console.log(
     `\n## open loop ${fmt(RATE)} events/s for ${SECONDS} s after ${WARMUP} s warm-up (latency from intended send time to handler; median of ${ROUNDS})`,
   );
   const q = (rs: PairResult[], k: string) => median(rs.map((r) => r.hist[k]!));
   for (const [name, kind] of [
-    ['raw ioredis', 'raw'],
-    ['QEEventBus ', 'bus'],
+    ['raw ioredis streams    ', 'raw'],
+    ['QEEventBus streams     ', 'bus'],
+    ['raw ioredis PUBLISH/SUB', 'raw-ps'],
+    ['QEEventBus pub/sub     ', 'bus-ps'],
   ] as const) {
     const rs = open[kind];
+    const lost = rs.reduce((a, r) => a + r.lost, 0);
     console.log(
-      `${name}  p50 ${ms(q(rs, 'p50'))}  p99 ${ms(q(rs, 'p99'))}  p99.9 ${ms(q(rs, 'p999'))}  max ${ms(q(rs, 'max'))}  ` +
+      `${name}  ${lost > 0 ? `(${lost} lost) ` : ''}p50 ${ms(q(rs, 'p50'))}  p99 ${ms(q(rs, 'p99'))}  p99.9 ${ms(q(rs, 'p999'))}  max ${ms(q(rs, 'max'))}  ` +
         `rss ${(median(rs.map((r) => r.rss)) / 2 ** 20).toFixed(0)} MB  CPU µs/event ${cpuCol(rs)}  GC ms/10k events ${gcCol(rs)}`,
     );
   }
-  console.log(`p99 ratio (bus / raw) ${(q(open.bus, 'p99') / q(open.raw, 'p99')).toFixed(2)}`);
+  console.log(
+    `p99 ratio (bus / raw) streams ${(q(open.bus, 'p99') / q(open.raw, 'p99')).toFixed(2)}, pub/sub ${(q(open['bus-ps'], 'p99') / q(open['raw-ps'], 'p99')).toFixed(2)}`,
+  );
 }
 
 const [role, kind, mode, prefix, total, warm] = process.argv.slice(2);
 if (role === 'consumer')
-  await (kind === 'raw' ? rawConsumer : busConsumer)(prefix!, Number(total), Number(warm ?? 0));
+  await (kind === 'raw-ps' || kind === 'bus-ps'
+    ? pubsubConsumer(kind, prefix!, Number(total), Number(warm ?? 0))
+    : (kind === 'raw' ? rawConsumer : busConsumer)(prefix!, Number(total), Number(warm ?? 0)));
 else if (role === 'producer') await produce(kind as Kind, mode as Mode, prefix!, Number(total));
 else await main();

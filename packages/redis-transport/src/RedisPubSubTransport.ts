@@ -124,7 +124,8 @@ export class RedisPubSubTransport implements Transport {
   }
 
   private onMessage(message: Buffer): void {
-    if (message.length < 8) return;
+    // every node receives every message; one with no consumer (a publisher) does not decode it
+    if (message.length < 8 || this.consumers.length === 0) return;
     const publishedAt = message.readDoubleBE(0);
     let event: AgentEvent;
     try {
@@ -151,6 +152,7 @@ export class RedisPubSubTransport implements Transport {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // publishes of this tick still go out: QUIT below is answered after them
     this.closed = true;
     this.consumers = [];
     await Promise.all(
@@ -159,28 +161,64 @@ export class RedisPubSubTransport implements Transport {
     this.pub = this.sub = null;
   }
 
-  async publish(events: readonly AgentEvent[]): Promise<void> {
-    const pub = this.pub;
-    if (!pub || this.closed) throw new NotConnectedError('redis pub/sub transport is not connected');
+  /** Publishes waiting for this tick's write: one corked write per tick, like the streams transport's flush. */
+  private waiting: { messages: Buffer[]; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private flushScheduled = false;
+
+  publish(events: readonly AgentEvent[]): Promise<void> {
+    if (!this.pub || this.closed)
+      return Promise.reject(new NotConnectedError('redis pub/sub transport is not connected'));
     const head = Buffer.allocUnsafe(8);
     head.writeDoubleBE(epochNow(), 0);
-    const messages = events.map((e) => Buffer.concat([head, this.serializer.encode(e)]));
-    // one PUBLISH per event, as LeanCommands (see command.ts); corked, so a batch leaves in one write
-    const stream = pub instanceof Redis && messages.length > 1 ? pub.stream : undefined;
-    stream?.cork();
-    let sent: Promise<unknown>[];
+    let messages: Buffer[];
     try {
-      sent = messages.map((m) => send(pub, 'publish', [this.channel, m], this.channel));
+      messages = events.map((e) => Buffer.concat([head, this.serializer.encode(e)]));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.waiting.push({ messages, resolve, reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(() => this.flushPublishes());
+      }
+    });
+  }
+
+  /**
+   * One PUBLISH per event, as LeanCommands (see command.ts), all of this tick's
+   * publishes in one corked write; each publish settles when its replies came.
+   */
+  private flushPublishes(): void {
+    this.flushScheduled = false;
+    const batch = this.waiting;
+    this.waiting = [];
+    const pub = this.pub;
+    if (!pub || this.closed) {
+      for (const p of batch) p.reject(new NotConnectedError('redis pub/sub transport is not connected'));
+      return;
+    }
+    const stream = pub instanceof Redis ? pub.stream : undefined;
+    stream?.cork();
+    try {
+      for (const p of batch) {
+        const sent = p.messages.map((m) => send(pub, 'publish', [this.channel, m], this.channel));
+        Promise.allSettled(sent).then((res) => {
+          const failed = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+          if (!failed) {
+            this.counters.published += p.messages.length;
+            p.resolve();
+          } else
+            p.reject(
+              new TransportError(`redis rejected a publish: ${(failed.reason as Error).message}`, {
+                cause: failed.reason,
+              }),
+            );
+        });
+      }
     } finally {
       if (stream) process.nextTick(() => stream.uncork());
     }
-    const res = await Promise.allSettled(sent);
-    const failed = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed)
-      throw new TransportError(`redis rejected a publish: ${(failed.reason as Error).message}`, {
-        cause: failed.reason,
-      });
-    this.counters.published += events.length;
   }
 
   async consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer> {

@@ -15,6 +15,29 @@ describeTransportConformance({
 });
 
 describe('redis pub/sub specifics', () => {
+  it('publishes made in the tick of close() still go out and resolve', async () => {
+    const keyPrefix = uniquePrefix('ps');
+    const listener = new Redis(REDIS_URL);
+    const got: string[] = [];
+    await listener.subscribe(`${keyPrefix}:ps`);
+    listener.on('messageBuffer', (_c: Buffer, m: Buffer) => got.push(m.subarray(8).toString()));
+    const t = new RedisPubSubTransport({ url: REDIS_URL, keyPrefix });
+    try {
+      await t.connect({ nodeId: 'ps-close', logger: noopLogger, onError: () => {} });
+      const e = (i: number) => createEvent('ps.last').agentId('a').data({ i }).build();
+      const published = [t.publish([e(1)]), t.publish([e(2), e(3)])];
+      await t.close();
+      await Promise.all(published);
+      await expect(t.publish([e(4)])).rejects.toMatchObject({ code: 'NOT_CONNECTED' });
+      await waitFor(() => got.length === 3, 'the three messages');
+      expect(got.map((m) => (JSON.parse(m.slice(m.indexOf('{'))) as { data: { i: number } }).data.i)).toEqual(
+        [1, 2, 3],
+      );
+    } finally {
+      listener.disconnect();
+    }
+  });
+
   it('a publish Redis refuses rejects with TransportError, single or batched, and the transport keeps working', async () => {
     const admin = new Redis(REDIS_URL);
     const user = `qe-test-nopub-${Math.random().toString(36).slice(2, 8)}`;
