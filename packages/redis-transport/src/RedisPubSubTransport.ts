@@ -153,6 +153,7 @@ export class RedisPubSubTransport implements Transport {
   async close(): Promise<void> {
     if (this.closed) return;
     // publishes of this tick still go out: QUIT below is answered after them
+    if (this.waiting.length > 0) this.flushPublishes();
     this.closed = true;
     this.consumers = [];
     await Promise.all(
