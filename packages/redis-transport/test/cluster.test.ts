@@ -3,7 +3,7 @@ import { describeTransportConformance, waitFor } from '@qe/transport-conformance
 import { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keySlot, LeanCommand } from '../src/command.js';
-import { RedisStreamsTransport } from '../src/index.js';
+import { RedisPubSubTransport, RedisStreamsTransport } from '../src/index.js';
 import { type LocalCluster, startCluster } from './cluster.js';
 import { uniquePrefix } from './helpers.js';
 
@@ -38,6 +38,35 @@ describeTransportConformance({
 });
 
 describe('redis cluster specifics', () => {
+  it('pub/sub on a Cluster: a single publish and a batch arrive whole and in order', async () => {
+    const keyPrefix = uniquePrefix('ps');
+    const mk = (nodeId: string) =>
+      new QEEventBus({
+        nodeId,
+        transport: new RedisPubSubTransport({ cluster: { nodes: cluster.nodes }, keyPrefix }),
+      });
+    const [producer, consumer] = [mk('ps-cluster-p'), mk('ps-cluster-c')];
+    await producer.start();
+    await consumer.start();
+    try {
+      const got: number[] = [];
+      await consumer.subscribe('psc.*', (e) => void got.push((e.data as { i: number }).i)).ready;
+      await producer.publish({ type: 'psc.one', agentId: 'a', data: { i: 0 } });
+      await producer.publishBatch(
+        Array.from({ length: 50 }, (_, k) => ({
+          type: 'psc.many',
+          agentId: `a${k % 5}`,
+          data: { i: k + 1 },
+        })),
+      );
+      await waitFor(() => got.length === 51, 'all 51 events');
+      expect(got).toEqual(Array.from({ length: 51 }, (_, i) => i));
+    } finally {
+      await producer.stop();
+      await consumer.stop();
+    }
+  });
+
   it("routes the transport's own commands by the key slot Redis computes, and follows MOVED", async () => {
     const c = new Cluster(cluster.nodes);
     try {
