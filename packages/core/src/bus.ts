@@ -41,6 +41,7 @@ import {
   type PublishFn,
 } from './middleware.js';
 import { PatternIndex, validatePattern } from './pattern.js';
+import { SlotList } from './slot-list.js';
 import type {
   DeadLetterInfo,
   DeadLetterStore,
@@ -234,6 +235,12 @@ export interface Unsubscribe {
 
 type State = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
 
+/** An in-memory retry's timer, kept in the bus's SlotList until it fires or stop() clears it. */
+interface RetryTimer {
+  timer: NodeJS.Timeout;
+  slot: number;
+}
+
 interface Share {
   remaining: number;
   nack: boolean;
@@ -416,7 +423,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   private inFlight = 0;
   private waiters: (() => void)[] = [];
   private idleWaiters: (() => void)[] = [];
-  private readonly timers = new Set<NodeJS.Timeout>();
+  /** In-memory retry timers, for stop() to clear: a SlotList, not a Set (see slot-list.ts). */
+  private readonly timers = new SlotList<RetryTimer>();
 
   // counters
   private published = 0;
@@ -541,8 +549,10 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
         queued: this.queued,
         inFlight: this.inFlight,
       });
-    for (const t of this.timers) clearTimeout(t);
-    this.timers.clear();
+    for (const t of [...this.timers]) {
+      clearTimeout(t.timer);
+      this.timers.delete(t);
+    }
     if (this.sampler) clearInterval(this.sampler);
     this.sampler = null;
     for (const s of this.subs.values()) if (s.batch?.timer) clearTimeout(s.batch.timer);
@@ -1230,11 +1240,12 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   }
 
   private later(ms: number, fn: () => void): void {
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
+    const entry: RetryTimer = { timer: undefined as unknown as NodeJS.Timeout, slot: -1 };
+    entry.timer = setTimeout(() => {
+      this.timers.delete(entry);
       fn();
     }, ms);
-    this.timers.add(timer);
+    this.timers.add(entry);
   }
 
   private afterCall(s: Subscription): void {

@@ -13,5 +13,6 @@ export * from './logger.js';
 export * from './memory-transport.js';
 export * from './middleware.js';
 export * from './pattern.js';
+export * from './slot-list.js';
 export * from './transport.js';
 export * from './validate.js';

@@ -173,4 +173,27 @@ describe('durable retries through Transport.scheduleRetry', () => {
     await waitFor(() => plain.getDetailedMetrics().retryTimers === 1, 'the in-memory retry');
     await waitFor(() => plainAttempts.length === 2, 'the retried call');
   });
+
+  it('in-memory retry timers are counted while they wait; stop() clears those that outlast its drain', async () => {
+    // retries due after stop's drain window: stop gives up waiting and must clear their timers
+    const bus = new QEEventBus({
+      nodeId: 'timers',
+      retryDelay: 800,
+      maxRetryDelay: 800,
+      shutdownTimeoutMs: 100,
+    });
+    await bus.start();
+    let calls = 0;
+    bus.subscribe('job.*', () => {
+      calls++;
+      throw new Error('always fails');
+    });
+    for (let i = 0; i < 5; i++) await bus.publish({ type: 'job.run', agentId: `a${i}`, data: { i } });
+    await waitFor(() => bus.getDetailedMetrics().retryTimers === 5, 'five waiting retries');
+    expect(calls).toBe(5);
+    await bus.stop();
+    expect(bus.getDetailedMetrics().retryTimers).toBe(0);
+    await sleep(900);
+    expect(calls).toBe(5); // none of the cleared retries ran
+  });
 });

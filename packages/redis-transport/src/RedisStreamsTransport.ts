@@ -22,6 +22,7 @@ import {
   type RetryTarget,
   retryEventFor,
   type Serializer,
+  SlotList,
   type Transport,
   type TransportCapabilities,
   type TransportConsumer,
@@ -36,7 +37,6 @@ import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
 import { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
-import { SlotList } from './slot-list.js';
 
 export type RedisClient = Redis | Cluster;
 

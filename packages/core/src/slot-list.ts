@@ -8,11 +8,11 @@ export interface Slotted {
  * An unordered set of items, each knowing its index: adding and removing write
  * one or two array slots and never build a new table.
  *
- * Why not a Set: the transport adds and removes one in-flight delivery per
- * event. A Set churned like that rehashes into a new table again and again, and
+ * Why not a Set: a transport adds and removes one in-flight delivery per
+ * event (the bus one timer per in-memory retry). A Set churned like that rehashes into a new table again and again, and
  * each old table points to its successor. Once a burst got one table promoted
  * to the old generation, every later table, and the deliveries it held, outlived
- * the young GCs that should have freed them. Measured in the benchmark's
+ * the young GCs that should have freed them. Measured in the Redis benchmark's
  * consumer: after a 0.6 s stall, young-GC pauses grew from under 1 ms to 10-50 ms
  * and stayed there for the rest of the run. With this list they fall back below
  * 1 ms once the backlog is handled.

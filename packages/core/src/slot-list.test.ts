@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SlotList } from '../src/slot-list.js';
+import { SlotList } from './slot-list.js';
 
 const item = (name: string) => ({ name, slot: -1 });
 
