@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { QEEventBus } from '@qe/core';
 import { createHttpGateway } from '@qe/gateway-http';
@@ -123,6 +124,123 @@ describe('QEClient (Node, global WebSocket)', () => {
     await expect(
       publishHttp(`http://127.0.0.1:${gw.port}`, { type: 'BAD', agentId: 'x', data: {} }),
     ).rejects.toMatchObject({ code: 'VALIDATION' });
+  });
+});
+
+/**
+ * A gateway peer that the test scripts: a real WebSocket server on a real
+ * socket (RFC 6455 handshake and frames, written here) that hands each request
+ * to `onRequest` and lets the test answer when and in what order it likes.
+ */
+async function scriptedGateway(
+  onRequest: (msg: Record<string, unknown>, reply: (m: unknown) => void) => void,
+) {
+  const sockets = new Set<Socket>();
+  const server = createServer();
+  server.on('upgrade', (req, socket: Socket) => {
+    sockets.add(socket);
+    const accept = createHash('sha1')
+      .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+      .digest('base64');
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+    );
+    const reply = (m: unknown) => {
+      const body = Buffer.from(JSON.stringify(m));
+      const head =
+        body.length < 126
+          ? Buffer.from([0x81, body.length])
+          : Buffer.from([0x81, 126, body.length >> 8, body.length & 255]);
+      if (!socket.destroyed) socket.write(Buffer.concat([head, body]));
+    };
+    let buf = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (buf.length < 2) return;
+        let len = buf[1]! & 127;
+        let at = 2;
+        if (len === 126) {
+          if (buf.length < 4) return;
+          len = buf.readUInt16BE(2);
+          at = 4;
+        } else if (len === 127) {
+          if (buf.length < 10) return;
+          len = Number(buf.readBigUInt64BE(2));
+          at = 10;
+        }
+        if (buf.length < at + 4 + len) return;
+        const mask = buf.subarray(at, at + 4);
+        const body = Buffer.from(buf.subarray(at + 4, at + 4 + len));
+        for (let i = 0; i < body.length; i++) body[i]! ^= mask[i & 3]!;
+        const opcode = buf[0]! & 15;
+        buf = buf.subarray(at + 4 + len);
+        if (opcode === 8) return void socket.end();
+        if (opcode === 1) onRequest(JSON.parse(body.toString()) as Record<string, unknown>, reply);
+      }
+    });
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+  return `ws://127.0.0.1:${(server.address() as AddressInfo).port}/events`;
+}
+
+describe('QEClient requests against a scripted gateway', () => {
+  it('replies in any order settle their own requests, thousands in flight', async () => {
+    const held: [Record<string, unknown>, (m: unknown) => void][] = [];
+    let mode: 'reverse' | 'inOrder' | 'oddFirst' = 'reverse';
+    const N = 3000;
+    const url = await scriptedGateway((msg, reply) => {
+      held.push([msg, reply]);
+      if (held.length < N) return;
+      const batch = held.splice(0);
+      const order =
+        mode === 'reverse'
+          ? batch.reverse()
+          : mode === 'inOrder'
+            ? batch
+            : [...batch.filter((_, i) => i % 2 === 1), ...batch.filter((_, i) => i % 2 === 0)];
+      for (const [m, r] of order) r({ op: 'published', id: m.id, ids: [`srv-${String(m.id)}`] });
+    });
+    const c = client(url);
+    await c.connect();
+    for (const m of ['reverse', 'inOrder', 'oddFirst'] as const) {
+      mode = m;
+      const sent = Array.from({ length: N }, (_, i) => c.publish({ type: 'x.y', agentId: 'a', data: { i } }));
+      const ids = await Promise.all(sent);
+      // each publish got the reply to its own request: the ids are those the client sent, in send order
+      const seqs = ids.map((id) => Number(id.replace('srv-c', '')));
+      expect(seqs.every((s, i) => i === 0 || s === seqs[i - 1]! + 1)).toBe(true);
+    }
+  });
+
+  it('a request never answered rejects with TIMEOUT; late, unknown and malformed reply ids are ignored', async () => {
+    const late: (() => void)[] = [];
+    const url = await scriptedGateway((msg, reply) => {
+      if (msg.op === 'ping') {
+        late.push(() => reply({ op: 'pong', id: msg.id }));
+        return;
+      }
+      for (const id of ['zzz', 'c', 'c-1', 'c1.5', 'c99999999', 7, null])
+        reply({ op: 'published', id, ids: ['bogus'] });
+      reply({ op: 'published', id: msg.id, ids: ['real'] });
+    });
+    const c = new QEClient({ url, requestTimeoutMs: 150, reconnect: { enabled: false } });
+    cleanups.push(() => c.close());
+    const errors: unknown[] = [];
+    c.on('error', (e) => errors.push(e));
+    await c.connect();
+    await expect(c.ping()).rejects.toMatchObject({ code: 'TIMEOUT' });
+    for (const f of late.splice(0)) f(); // the answer after the timeout
+    expect(await c.publish({ type: 'x.y', agentId: 'a', data: {} })).toBe('real');
+    expect(errors).toEqual([]);
   });
 });
 
