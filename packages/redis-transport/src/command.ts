@@ -25,6 +25,25 @@ export type Arg = string | Buffer | number;
 
 const EMPTY: Arg[] = [];
 
+/** Commands of only strings below this many argument bytes are written as one string. */
+const STRING_UP_TO = 1024;
+/** Byte length of each argument, reused from command to command. */
+let lens = new Int32Array(64);
+
+function writeDecimal(buf: Buffer, at: number, v: number): number {
+  if (v === 0) {
+    buf[at] = 0x30;
+    return at + 1;
+  }
+  let digits = 0;
+  for (let x = v; x > 0; x = Math.floor(x / 10)) digits++;
+  for (let i = at + digits - 1; i >= at; i--) {
+    buf[i] = 0x30 + (v % 10);
+    v = Math.floor(v / 10);
+  }
+  return at + digits;
+}
+
 /** Redis Cluster key slot: CRC16 (XMODEM) of the key, or of its `{hash tag}`, mod 16384. */
 export function keySlot(key: string | Buffer): number {
   const b = typeof key === 'string' ? Buffer.from(key) : key;
@@ -102,25 +121,44 @@ export class LeanCommand {
     this.rej(err);
   }
 
+  /**
+   * The command in RESP. Small ones as a string; large ones (the publish
+   * script with its frames) written straight into one Buffer: building a
+   * string with `+=` and having the socket encode it copied every frame twice.
+   */
   toWritable(_socket?: unknown): string | Buffer {
     const args = this.args;
-    let head = `*${args.length + 1}\r\n$${this.name.length}\r\n${this.name}\r\n`;
-    let parts: Buffer[] | undefined;
-    for (let i = 0; i < args.length; i++) {
-      const a = args[i]!;
-      if (typeof a === 'string') head += `$${Buffer.byteLength(a)}\r\n${a}\r\n`;
-      else if (typeof a === 'number') {
-        const s = String(a);
-        head += `$${s.length}\r\n${s}\r\n`;
-      } else {
-        parts ??= [];
-        parts.push(Buffer.from(`${head}$${a.length}\r\n`), a);
-        head = '\r\n';
-      }
+    const n = args.length;
+    if (lens.length < n) lens = new Int32Array(n * 2);
+    let total = 0;
+    let buffers = false;
+    for (let i = 0; i < n; i++) {
+      let a = args[i]!;
+      if (typeof a === 'number') args[i] = a = String(a);
+      const len = typeof a === 'string' ? Buffer.byteLength(a) : a.length;
+      if (typeof a !== 'string') buffers = true;
+      lens[i] = len;
+      total += len;
     }
-    if (!parts) return head;
-    parts.push(Buffer.from(head));
-    return Buffer.concat(parts);
+    if (!buffers && total < STRING_UP_TO) {
+      let out = `*${n + 1}\r\n$${this.name.length}\r\n${this.name}\r\n`;
+      for (let i = 0; i < n; i++) out += `$${lens[i]}\r\n${args[i] as string}\r\n`;
+      return out;
+    }
+    // header and per-argument framing: "$<digits>\r\n" + "\r\n", at most 16 bytes each
+    const buf = Buffer.allocUnsafe(total + 32 + this.name.length + n * 16);
+    let o = buf.write(`*${n + 1}\r\n$${this.name.length}\r\n${this.name}\r\n`, 0, 'latin1');
+    for (let i = 0; i < n; i++) {
+      const a = args[i] as string | Buffer;
+      buf[o++] = 0x24; // $
+      o = writeDecimal(buf, o, lens[i]!);
+      buf[o++] = 13;
+      buf[o++] = 10;
+      o += typeof a === 'string' ? buf.write(a, o, 'utf8') : a.copy(buf, o);
+      buf[o++] = 13;
+      buf[o++] = 10;
+    }
+    return buf.subarray(0, o);
   }
 
   /** ioredis `commandTimeout`: reject if Redis has not answered in `ms`. */

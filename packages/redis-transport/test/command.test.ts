@@ -34,6 +34,17 @@ describe('LeanCommand through ioredis', () => {
     expect(await r.hget(key, 'uni')).toBe('zé→');
   });
 
+  it('writes large commands of strings exactly (multi-byte text, numbers, empty strings)', async () => {
+    const key = `${prefix}:large`;
+    const big = 'zé→🙂'.repeat(700); // well past the size written as one string
+    const fields: (string | number)[] = [];
+    for (let i = 0; i < 40; i++) fields.push(`f${i}`, i % 3 === 0 ? i * 1000003 : i % 3 === 1 ? big : '');
+    await expect(send(r, 'hset', [key, ...fields])).resolves.toBe(40);
+    const back = await r.hgetall(key);
+    for (let i = 0; i < 40; i++)
+      expect(back[`f${i}`]).toBe(i % 3 === 0 ? String(i * 1000003) : i % 3 === 1 ? big : '');
+  });
+
   it('answers nested replies as strings, or as Buffers when asked', async () => {
     const key = `${prefix}:stream`;
     const id = await r.xadd(key, '*', 'e', 'frame', 't', '1');
