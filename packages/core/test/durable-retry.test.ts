@@ -178,8 +178,9 @@ describe('durable retries through Transport.scheduleRetry', () => {
     // retries due after stop's drain window: stop gives up waiting and must clear their timers
     const bus = new QEEventBus({
       nodeId: 'timers',
-      retryDelay: 800,
-      maxRetryDelay: 800,
+      retryDelay: 1200,
+      maxRetryDelay: 1200,
+      durableRetryAboveMs: 60_000,
       shutdownTimeoutMs: 100,
     });
     await bus.start();
@@ -193,7 +194,7 @@ describe('durable retries through Transport.scheduleRetry', () => {
     expect(calls).toBe(5);
     await bus.stop();
     expect(bus.getDetailedMetrics().retryTimers).toBe(0);
-    await sleep(900);
-    expect(calls).toBe(5); // none of the cleared retries ran
+    await sleep(1300);
+    expect(calls).toBe(5); // none of the cleared retries ran (they were due 600-1200 ms after the failures)
   });
 });
