@@ -1,6 +1,7 @@
 /**
- * The command object the transport's hot paths (publish script, XREADGROUP,
- * XACK) hand to ioredis's `sendCommand`, in place of ioredis's own `Command`.
+ * The command object the transports' busy paths (publish script, XREADGROUP,
+ * XACK, XCLAIM, history and replay pages, pub/sub PUBLISH) hand to ioredis's
+ * `sendCommand`, in place of ioredis's own `Command`.
  *
  * Why not `Command`: its constructor builds `resolve` and `reject` as closures
  * inside the promise's executor. Measured on Node 24 (plain script, no bus):
