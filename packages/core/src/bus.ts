@@ -549,10 +549,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
         queued: this.queued,
         inFlight: this.inFlight,
       });
-    for (const t of [...this.timers]) {
-      clearTimeout(t.timer);
-      this.timers.delete(t);
-    }
+    for (const t of this.timers) clearTimeout(t.timer);
+    this.timers.clear();
     if (this.sampler) clearInterval(this.sampler);
     this.sampler = null;
     for (const s of this.subs.values()) if (s.batch?.timer) clearTimeout(s.batch.timer);
@@ -1240,11 +1238,13 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   }
 
   private later(ms: number, fn: () => void): void {
-    const entry: RetryTimer = { timer: undefined as unknown as NodeJS.Timeout, slot: -1 };
-    entry.timer = setTimeout(() => {
-      this.timers.delete(entry);
-      fn();
-    }, ms);
+    const entry: RetryTimer = {
+      timer: setTimeout(() => {
+        this.timers.delete(entry);
+        fn();
+      }, ms),
+      slot: -1,
+    };
     this.timers.add(entry);
   }
 

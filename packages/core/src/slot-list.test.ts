@@ -40,6 +40,17 @@ describe('SlotList', () => {
     expect([...one]).toEqual([a]);
   });
 
+  it('clear() removes every item, and each can be added again', () => {
+    const l = new SlotList<ReturnType<typeof item>>();
+    const xs = ['a', 'b', 'c'].map(item);
+    for (const x of xs) l.add(x);
+    l.clear();
+    expect(l.size).toBe(0);
+    expect(xs.every((x) => x.slot === -1 && !l.has(x))).toBe(true);
+    l.add(xs[2]!);
+    expect([...l]).toEqual([xs[2]]);
+  });
+
   it('stays consistent through many random adds and deletes', () => {
     const l = new SlotList<ReturnType<typeof item>>();
     const all = Array.from({ length: 200 }, (_, i) => item(String(i)));

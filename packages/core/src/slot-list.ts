@@ -47,6 +47,12 @@ export class SlotList<T extends Slotted> implements Iterable<T> {
     return true;
   }
 
+  /** Removes every item. */
+  clear(): void {
+    for (const item of this.items) item.slot = -1;
+    this.items.length = 0;
+  }
+
   [Symbol.iterator](): IterableIterator<T> {
     return this.items[Symbol.iterator]();
   }

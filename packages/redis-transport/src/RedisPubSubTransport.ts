@@ -204,18 +204,14 @@ export class RedisPubSubTransport implements Transport {
     try {
       for (const p of batch) {
         const sent = p.messages.map((m) => send(pub, 'publish', [this.channel, m], this.channel));
-        Promise.allSettled(sent).then((res) => {
-          const failed = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-          if (!failed) {
+        Promise.all(sent).then(
+          () => {
             this.counters.published += p.messages.length;
             p.resolve();
-          } else
-            p.reject(
-              new TransportError(`redis rejected a publish: ${(failed.reason as Error).message}`, {
-                cause: failed.reason,
-              }),
-            );
-        });
+          },
+          (err: Error) =>
+            p.reject(new TransportError(`redis rejected a publish: ${err.message}`, { cause: err })),
+        );
       }
     } finally {
       if (stream) process.nextTick(() => stream.uncork());

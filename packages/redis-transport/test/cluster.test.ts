@@ -2,7 +2,7 @@ import { QEEventBus } from '@qe/core';
 import { describeTransportConformance, waitFor } from '@qe/transport-conformance';
 import { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { keySlot, LeanCommand } from '../src/command.js';
+import { keySlot, send } from '../src/command.js';
 import { RedisPubSubTransport, RedisStreamsTransport } from '../src/index.js';
 import { type LocalCluster, startCluster } from './cluster.js';
 import { uniquePrefix } from './helpers.js';
@@ -80,11 +80,7 @@ describe('redis cluster specifics', () => {
         Buffer.from([0xff, 0x00, 0x7b, 0x80, 0x7d]),
       ];
       for (const k of keys) expect(keySlot(k)).toBe(Number(await c.cluster('KEYSLOT', k as string)));
-      const send = (args: string[], routeBy: string) => {
-        const cmd = new LeanCommand('set', args, routeBy, false);
-        void c.sendCommand(cmd as never);
-        return cmd.promise;
-      };
+      const set = (args: string[], routeBy: string) => send(c, 'set', args, routeBy);
       const prefix = uniquePrefix('route');
       const owner = async (k: string) => {
         const slot = keySlot(k);
@@ -96,9 +92,9 @@ describe('redis cluster specifics', () => {
       let k2 = '';
       for (let i = 0; !k2; i++)
         if ((await owner(`${prefix}:{b${i}}`)) !== (await owner(k1))) k2 = `${prefix}:{b${i}}`;
-      await expect(send([k1, 'one'], k1)).resolves.toBe('OK');
+      await expect(set([k1, 'one'], k1)).resolves.toBe('OK');
       // routed by the wrong key: the first node answers MOVED and ioredis retries on the right one
-      await expect(send([k2, 'two'], k1)).resolves.toBe('OK');
+      await expect(set([k2, 'two'], k1)).resolves.toBe('OK');
       expect(await c.get(k1)).toBe('one');
       expect(await c.get(k2)).toBe('two');
       await c.del(k1);

@@ -1,14 +1,11 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LeanCommand } from '../src/command.js';
+import { type Arg, send as sendLean } from '../src/command.js';
 import { deletePrefix, REDIS_URL, uniquePrefix } from './helpers.js';
 
 /** What the transport's hot paths send: a LeanCommand through ioredis's own sendCommand. */
-function send(r: Redis, name: string, args: (string | Buffer | number)[], buffers = false) {
-  const cmd = new LeanCommand(name, args, typeof args[0] === 'string' ? args[0] : undefined, buffers);
-  void r.sendCommand(cmd as never);
-  return cmd.promise;
-}
+const send = (r: Redis, name: string, args: Arg[], buffers = false) =>
+  sendLean(r, name, args, typeof args[0] === 'string' ? args[0] : undefined, buffers);
 
 const prefix = uniquePrefix('command');
 let r: Redis;

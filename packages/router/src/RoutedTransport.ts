@@ -468,11 +468,6 @@ class InboxConsumer implements TransportConsumer {
     this.sink.deliver(d);
   }
 
-  /** How many lanes have an event with the bus or waiting (idle ones not counted). */
-  get busyLanes(): number {
-    return this.lanes.size - this.idleLanes;
-  }
-
   /** Lanes kept, busy or idle (idle ones are dropped by the next sweep). */
   get keptLanes(): number {
     return this.lanes.size;
