@@ -2,6 +2,15 @@ import { describe, expect, it } from 'vitest';
 import { createBroker } from './broker.js';
 import { loadBrokerConfig } from './config.js';
 
+/** Polls `check` until it holds (a condition to await, never a fixed sleep). */
+async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 function config(extra: Record<string, string> = {}) {
   return loadBrokerConfig({
     env: {
@@ -91,37 +100,32 @@ describe('createBroker', () => {
       await sub.ready;
       await broker.bus.publish({ type: 'job.a', agentId: 'a', data: 1 });
       await broker.bus.publish({ type: 'job.b', agentId: 'a', data: 2 });
-      await new Promise((r) => setTimeout(r, 50));
+      await waitFor(async () => (await broker.bus.deadLetters!.count()) === 2, 'two dead letters');
+      const json = { 'content-type': 'application/json' };
       const list = (await (await fetch(`${broker.url}/dead-letters`)).json()) as {
         count: number;
-        items: { id: string; event: { type: string }; reason: string }[];
+        deadLetters: { id: string; event: { type: string }; reason: string }[];
       };
       expect(list.count).toBe(2);
-      expect(list.items.map((i) => i.event.type).sort()).toEqual(['job.a', 'job.b']);
-      const one = list.items[0]!;
+      expect(list.deadLetters.map((i) => i.event.type).sort()).toEqual(['job.a', 'job.b']);
+      const one = list.deadLetters[0]!;
       const got = await fetch(`${broker.url}/dead-letters/${one.id}`);
       expect(((await got.json()) as { id: string }).id).toBe(one.id);
       const filtered = (await (await fetch(`${broker.url}/dead-letters?pattern=job.a`)).json()) as {
-        items: unknown[];
+        deadLetters: unknown[];
       };
-      expect(filtered.items).toHaveLength(1);
+      expect(filtered.deadLetters).toHaveLength(1);
       const redrive = await fetch(`${broker.url}/dead-letters/redrive`, {
         method: 'POST',
+        headers: json,
         body: JSON.stringify({ ids: [one.id] }),
       });
       expect(await redrive.json()).toEqual({ redriven: 1 });
-      await new Promise((r) => setTimeout(r, 50));
-      expect(calls).toBe(3);
-      const byPattern = await fetch(`${broker.url}/dead-letters/purge`, {
-        method: 'POST',
-        body: JSON.stringify({ pattern: 'job.*' }),
-      });
+      await waitFor(() => calls === 3, 'the redriven event to be handled');
+      const byPattern = await fetch(`${broker.url}/dead-letters?pattern=job.*`, { method: 'DELETE' });
       expect(await byPattern.json()).toEqual({ purged: 1 });
       expect((await fetch(`${broker.url}/dead-letters/${one.id}`)).status).toBe(404);
-      const bad = await fetch(`${broker.url}/dead-letters/purge`, {
-        method: 'POST',
-        body: '{"pattern": "a..b"}',
-      });
+      const bad = await fetch(`${broker.url}/dead-letters?pattern=a..b`, { method: 'DELETE' });
       expect(bad.status).toBe(400);
       expect((await fetch(`${broker.url}/dead-letters?limit=0`)).status).toBe(400);
     } finally {

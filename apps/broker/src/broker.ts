@@ -16,9 +16,10 @@ import { createHttpGateway, type HttpGateway } from '@qe/gateway-http';
 import { createWebSocketGateway, type WebSocketGateway } from '@qe/gateway-ws';
 import { createHealthMonitor, createPrometheusMiddleware } from '@qe/metrics';
 import { createRedisTransport } from '@qe/redis-transport';
-import { createCircuitBreaker, DeadLetterManager, type DeadLetterSelector } from '@qe/reliability';
+import { createCircuitBreaker, RedisTokenBuckets, type TokenBucketStore } from '@qe/reliability';
+import { Cluster, Redis } from 'ioredis';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { type BrokerConfig, redactConfig } from './config.js';
+import { type BrokerConfig, isLoopback, redactConfig } from './config.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
 
@@ -53,15 +54,16 @@ export interface Broker {
   stop(): Promise<StopResult>;
 }
 
-const MAX_BODY = 1024 * 1024;
+/** Every JSON reply: never sniffed as another type, never cached. */
+const JSON_HEADERS = {
+  'content-type': 'application/json; charset=utf-8',
+  'x-content-type-options': 'nosniff',
+  'cache-control': 'no-store',
+} as const;
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'cache-control': 'no-store',
-    'content-length': Buffer.byteLength(text),
-  });
+  res.writeHead(status, { ...JSON_HEADERS, 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 
@@ -86,53 +88,47 @@ function sendError(res: ServerResponse, err: unknown): void {
   sendJson(res, 500, { error: { name: 'Error', code: 'INTERNAL', message: e.message } });
 }
 
-function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_BODY) {
-        reject(new EventBusError('PAYLOAD_TOO_LARGE', `request body exceeds ${MAX_BODY} bytes`));
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => {
-      if (size === 0) return resolve({});
-      try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-      } catch (err) {
-        reject(new ValidationError('body', `must be JSON (${toError(err).message})`));
-      }
-    });
-    req.on('error', reject);
-  });
+/** The dashboard page may not be framed by another site (clickjacking). */
+const DASHBOARD_HEADERS = {
+  'content-type': 'text/html; charset=utf-8',
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'content-security-policy':
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+} as const;
+
+/** A bind failure as one line that names the listener, the address and the cause. */
+function bindError(what: string, host: string, port: string, err: unknown): EventBusError {
+  const e = toError(err) as Error & { code?: string };
+  return new EventBusError(
+    'TRANSPORT',
+    `${what}: cannot listen on ${host}:${port} (${e.code ?? e.message})`,
+    {
+      cause: e,
+    },
+  );
 }
 
-/** A dead-letter selector from a request body: `{ "ids": [...] }`, `{ "pattern": "task.*" }` or `{ "all": true }`. */
-function selectorFrom(body: unknown): DeadLetterSelector {
-  if (body === null || typeof body !== 'object' || Array.isArray(body))
-    throw new ValidationError(
-      'body',
-      'must be a JSON object: {"ids": [...]}, {"pattern": "task.*"} or {"all": true}',
-    );
-  const b = body as Record<string, unknown>;
-  if (b.ids !== undefined) {
-    if (!Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string'))
-      throw new ValidationError('ids', 'must be an array of dead-letter ids (strings)');
-    return { ids: b.ids as string[] };
-  }
-  if (b.pattern !== undefined) {
-    if (typeof b.pattern !== 'string') throw new ValidationError('pattern', 'must be a string pattern');
-    return { pattern: b.pattern };
-  }
-  if (b.all === true) return { all: true };
-  throw new ValidationError(
-    'body',
-    'name what to act on: {"ids": [...]}, {"pattern": "task.*"} or {"all": true}',
-  );
+/** Per-principal buckets shared by every broker on the same Redis, or null in memory. */
+function sharedBuckets(config: BrokerConfig): { store: TokenBucketStore; close(): void } | null {
+  const r = config.redis;
+  if (r === null) return null;
+  const common = {
+    lazyConnect: false,
+    maxRetriesPerRequest: 1,
+    ...(r.password === undefined ? {} : { password: r.password }),
+    ...(r.tls ? { tls: {} } : {}),
+  };
+  const client =
+    r.mode === 'cluster'
+      ? new Cluster(r.nodes, { redisOptions: common })
+      : new Redis({ ...common, host: r.host, port: r.port, db: r.db });
+  client.on('error', () => {}); // the transport reports Redis trouble; a refused take fails the request
+  return {
+    store: new RedisTokenBuckets(client as unknown as Redis, `${config.keyPrefix}:ratelimit`),
+    close: () => client.disconnect(),
+  };
 }
 
 /** The transport the configuration describes: memory by default, Redis Streams (single or cluster) when configured. */
@@ -247,7 +243,12 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
   const html = renderDashboardHtml(config.serviceName);
 
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const u = new URL(req.url ?? '/', 'http://broker');
+    let u: URL;
+    try {
+      u = new URL(req.url ?? '/', 'http://broker');
+    } catch {
+      throw new ValidationError('target', 'the request target is not a valid path');
+    }
     const path = u.pathname;
     const method = req.method ?? 'GET';
     if (stopping) {
@@ -256,12 +257,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       return;
     }
     if (method === 'GET' && (path === '/' || path === '/index.html')) {
-      res.writeHead(200, {
-        'content-type': 'text/html; charset=utf-8',
-        'cache-control': 'no-store',
-        'content-security-policy':
-          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-      });
+      res.writeHead(200, DASHBOARD_HEADERS);
       res.end(html);
       return;
     }
@@ -280,65 +276,21 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     }
     if (method === 'GET' && path === '/metrics') {
       const text = await registry.metrics();
-      res.writeHead(200, { 'content-type': registry.contentType, 'cache-control': 'no-store' });
+      res.writeHead(200, {
+        'content-type': registry.contentType,
+        'cache-control': 'no-store',
+        'x-content-type-options': 'nosniff',
+      });
       res.end(text);
       return;
     }
     if (path === '/dead-letters' || path.startsWith('/dead-letters/')) {
-      await deadLetterRoute(method, path, u, req, res);
+      // one dead-letter API: the HTTP gateway's (admin permission, filtered by subscribe rules)
+      if (!httpGateway) throw new EventBusError('NOT_CONNECTED', 'the broker is not started');
+      httpGateway.handle(req, res);
       return;
     }
     sendJson(res, 404, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${path}` } });
-  };
-
-  const deadLetterRoute = async (
-    method: string,
-    path: string,
-    u: URL,
-    req: IncomingMessage,
-    res: ServerResponse,
-  ): Promise<void> => {
-    const dl = DeadLetterManager.of(bus.deadLetters);
-    if (method === 'GET' && path === '/dead-letters') {
-      const limitS = u.searchParams.get('limit');
-      const limit = limitS === null ? 100 : Number(limitS);
-      const pattern = u.searchParams.get('pattern') ?? undefined;
-      const after = u.searchParams.get('after') ?? undefined;
-      const items = await dl.list({
-        limit,
-        ...(pattern === undefined ? {} : { pattern }),
-        ...(after === undefined ? {} : { after }),
-      });
-      sendJson(res, 200, { count: await dl.depth(), items });
-      return;
-    }
-    if (method === 'POST' && path === '/dead-letters/redrive') {
-      const n = await dl.redrive(selectorFrom(await readJsonBody(req)));
-      logger.info('dead letters redriven', { count: n });
-      sendJson(res, 200, { redriven: n });
-      return;
-    }
-    if (method === 'POST' && path === '/dead-letters/purge') {
-      const n = await dl.purge(selectorFrom(await readJsonBody(req)));
-      logger.info('dead letters purged', { count: n });
-      sendJson(res, 200, { purged: n });
-      return;
-    }
-    const m = /^\/dead-letters\/([^/]+)$/.exec(path);
-    if (m && method === 'GET') {
-      sendJson(res, 200, await dl.inspect(decodeURIComponent(m[1]!)));
-      return;
-    }
-    if (m && method === 'DELETE') {
-      sendJson(res, 200, { purged: await dl.purge({ id: decodeURIComponent(m[1]!) }) });
-      return;
-    }
-    const one = /^\/dead-letters\/([^/]+)\/redrive$/.exec(path);
-    if (one && method === 'POST') {
-      sendJson(res, 200, { redriven: await dl.redrive({ id: decodeURIComponent(one[1]!) }) });
-      return;
-    }
-    sendJson(res, 405, { error: { code: 'NOT_FOUND', message: `no route for ${method} ${path}` } });
   };
 
   const server: Server = createServer((req, res) => {
@@ -352,6 +304,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
   });
   server.keepAliveTimeout = 5000;
   let wsGateway: WebSocketGateway | null = null;
+  let buckets: ReturnType<typeof sharedBuckets> = null;
   let httpGateway: HttpGateway | null = null;
   let httpGatewayUrl = '';
   monitor.addSource({ name: 'http-gateway (SSE)', connections: () => httpGateway?.stats().sseClients ?? 0 });
@@ -384,6 +337,12 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       try {
         await monitor.start();
         healthMonitor.start();
+        const auth =
+          config.ws.jwtSecret === undefined
+            ? undefined
+            : { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } };
+        const rl = config.rateLimit;
+        if (rl.httpMaxRequests > 0 || rl.wsMaxMessagesPerPrincipal > 0) buckets = sharedBuckets(config);
         if (config.ws.enabled)
           wsGateway = await createWebSocketGateway({
             bus,
@@ -392,27 +351,53 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
             maxConnections: config.ws.maxConnections,
             maxPayload: config.ws.maxPayloadBytes,
             ...(config.ws.allowedOrigins.length > 0 ? { allowedOrigins: config.ws.allowedOrigins } : {}),
-            ...(config.ws.jwtSecret === undefined
-              ? {}
-              : { auth: { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } } }),
-          });
-        if (config.httpGateway.enabled) {
-          const g = config.httpGateway;
-          httpGateway = await createHttpGateway({
-            bus,
-            port: g.port,
-            host: config.host,
-            metrics: { contentType: registry.contentType, render: () => registry.metrics() },
-            ...(g.tlsKeyFile && g.tlsCertFile
-              ? { tls: { key: readFileSync(g.tlsKeyFile), cert: readFileSync(g.tlsCertFile) } }
+            ...(auth ? { auth } : {}),
+            ...(rl.wsMaxMessages > 0
+              ? {
+                  rateLimit: {
+                    windowMs: rl.windowMs,
+                    maxMessages: rl.wsMaxMessages,
+                    ...(rl.wsMaxMessagesPerPrincipal > 0
+                      ? { perPrincipal: { windowMs: rl.windowMs, maxMessages: rl.wsMaxMessagesPerPrincipal } }
+                      : {}),
+                    ...(buckets ? { store: buckets.store } : {}),
+                  },
+                }
               : {}),
-            ...(config.ws.jwtSecret === undefined
-              ? {}
-              : { auth: { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } } }),
           });
-        }
+        // always built: the broker mounts its dead-letter routes; it listens only when enabled
+        const g = config.httpGateway;
+        httpGateway = await createHttpGateway({
+          bus,
+          listen: g.enabled,
+          port: g.port,
+          ...(g.h2cPort === undefined ? {} : { h2cPort: g.h2cPort }),
+          host: config.host,
+          closeTimeoutMs: Math.max(1, Math.min(config.shutdownTimeoutMs, 5000)),
+          metrics: { contentType: registry.contentType, render: () => registry.metrics() },
+          ...(g.tlsKeyFile && g.tlsCertFile
+            ? { tls: { key: readFileSync(g.tlsKeyFile), cert: readFileSync(g.tlsCertFile) } }
+            : {}),
+          ...(auth ? { auth } : {}),
+          ...(rl.httpMaxRequests > 0
+            ? {
+                rateLimit: {
+                  windowMs: rl.windowMs,
+                  maxRequests: rl.httpMaxRequests,
+                  ...(buckets ? { store: buckets.store } : {}),
+                },
+              }
+            : {}),
+        }).catch((err) => {
+          throw bindError(
+            'HTTP gateway',
+            config.host,
+            `${g.port}${g.h2cPort === undefined ? '' : ` or h2c ${g.h2cPort}`}`,
+            err,
+          );
+        });
         await new Promise<void>((resolve, reject) => {
-          const onError = (err: Error) => reject(err);
+          const onError = (err: Error) => reject(bindError('broker', config.host, String(config.port), err));
           server.once('error', onError);
           server.listen(config.port, config.host, () => {
             server.off('error', onError);
@@ -424,20 +409,31 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         healthMonitor.stop();
         await wsGateway?.close().catch(() => {});
         await httpGateway?.close().catch(() => {});
+        buckets?.close();
         await bus.stop().catch(() => {});
         throw err;
       }
       port = (server.address() as AddressInfo).port;
       const shownHost = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
       url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`;
-      if (httpGateway) {
+      if (httpGateway && config.httpGateway.enabled) {
         const scheme = config.httpGateway.tlsKeyFile ? 'https' : 'http';
         httpGatewayUrl = `${scheme}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${httpGateway.port}`;
       }
+      if (!isLoopback(config.host) && config.ws.jwtSecret === undefined)
+        logger.warn('listening beyond this machine WITHOUT authentication (ALLOW_INSECURE_REMOTE=true)', {
+          host: config.host,
+          hint: 'anyone who can reach this address may publish, subscribe and manage dead letters; set JWT_SECRET',
+        });
       logger.info('broker listening', {
         url,
         ...(wsGateway ? { websocket: `${url.replace(/^http/, 'ws')}${config.ws.path}` } : {}),
-        ...(httpGateway ? { httpGateway: httpGatewayUrl } : {}),
+        ...(httpGatewayUrl ? { httpGateway: httpGatewayUrl } : {}),
+        ...(httpGateway?.h2cPort === undefined
+          ? {}
+          : {
+              h2c: `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${httpGateway.h2cPort}`,
+            }),
         host: config.host,
         port,
         transport: bus.transport.name,
@@ -470,6 +466,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         // bus.stop() gives up on handlers still running at the deadline and leaves them unacked
         if (result === 'clean' && bus.getMetrics().queueSize > 0) result = 'timeout';
         server.closeAllConnections();
+        buckets?.close();
         logger.info('broker stopped', { result, ms: Date.now() - started });
         return result;
       })();

@@ -17,7 +17,8 @@ describe('loadBrokerConfig', () => {
     const c = loadBrokerConfig({ env: {} });
     expect(c.redis).toBeNull();
     expect(c.port).toBe(3000);
-    expect(c.host).toBe('0.0.0.0');
+    expect(c.host).toBe('127.0.0.1');
+    expect(c.allowInsecureRemote).toBe(false);
     expect(c.keyPrefix).toBe('qe:eventbus');
     expect(c.monitoringEnabled).toBe(true);
     expect(c.shutdownTimeoutMs).toBe(10_000);
@@ -100,7 +101,9 @@ describe('loadBrokerConfig', () => {
     const p = problems(() =>
       loadBrokerConfig({ env: {}, argv: ['--config=c.json'], readFile: () => '{"prot": 1}' }),
     );
-    expect(p[0]).toMatch(/^prot \(in c.json\): unknown setting \(accepted: serviceName, nodeId, host, port,/);
+    expect(p[0]).toMatch(
+      /^prot \(in c.json\): unknown setting \(accepted: serviceName, nodeId, host, allowInsecureRemote, port,/,
+    );
   });
 
   it('rejects contradictory and orphan Redis settings', () => {

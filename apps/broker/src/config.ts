@@ -12,7 +12,13 @@ export interface BrokerConfig {
   serviceName: string;
   /** Stable node id of the broker's bus (durable consumer names derive from it). */
   nodeId: string;
+  /** Default `127.0.0.1`: reachable from this machine only. */
   host: string;
+  /**
+   * Listening on a non-loopback address without authentication (JWT_SECRET)
+   * must be asked for explicitly; it is then logged as a warning at start.
+   */
+  allowInsecureRemote: boolean;
   /** 0 picks a free port (tests). */
   port: number;
   /** `null`: the in-memory transport (the default). */
@@ -42,7 +48,27 @@ export interface BrokerConfig {
     jwtSecret?: string;
   };
   /** The HTTP gateway (`@qe/gateway-http`) on its own port (it serves HTTP/2 and owns its server). */
-  httpGateway: { enabled: boolean; port: number; tlsKeyFile?: string; tlsCertFile?: string };
+  httpGateway: {
+    enabled: boolean;
+    port: number;
+    /** Also serve cleartext HTTP/2 (prior knowledge) on this port. */
+    h2cPort?: number;
+    tlsKeyFile?: string;
+    tlsCertFile?: string;
+  };
+  /**
+   * Per-principal request and message limits of both gateways, shared through
+   * Redis across broker instances when Redis is configured. 0 turns a limit off.
+   */
+  rateLimit: {
+    windowMs: number;
+    /** HTTP gateway requests per window per principal (or client address without auth). */
+    httpMaxRequests: number;
+    /** WebSocket messages per window per connection. */
+    wsMaxMessages: number;
+    /** WebSocket messages per window per principal, across its connections (and brokers). */
+    wsMaxMessagesPerPrincipal: number;
+  };
   /** Prometheus metric name prefix (`@qe/metrics`); `ossa_eventbus_` gives spec 003's exact names. */
   metricsPrefix: string;
   /** Spec 003's alert thresholds: crossing one makes health `degraded` and raises a `system.alert` event. */
@@ -74,6 +100,7 @@ export const CONFIG_FILE_KEYS = {
   serviceName: 'SERVICE_NAME',
   nodeId: 'NODE_ID',
   host: 'HOST',
+  allowInsecureRemote: 'ALLOW_INSECURE_REMOTE',
   port: 'PORT',
   redisUrl: 'REDIS_URL',
   redisHost: 'REDIS_HOST',
@@ -101,6 +128,7 @@ export const CONFIG_FILE_KEYS = {
   jwtSecret: 'JWT_SECRET',
   httpGatewayEnabled: 'HTTP_GATEWAY_ENABLED',
   httpGatewayPort: 'HTTP_GATEWAY_PORT',
+  httpGatewayH2cPort: 'HTTP_GATEWAY_H2C_PORT',
   httpGatewayTlsKey: 'HTTP_GATEWAY_TLS_KEY',
   httpGatewayTlsCert: 'HTTP_GATEWAY_TLS_CERT',
   metricsPrefix: 'METRICS_PREFIX',
@@ -108,6 +136,10 @@ export const CONFIG_FILE_KEYS = {
   alertMaxLatency: 'ALERT_MAX_LATENCY',
   alertMaxQueueDepth: 'ALERT_MAX_QUEUE_DEPTH',
   alertMaxMemoryMb: 'ALERT_MAX_MEMORY_MB',
+  rateLimitWindow: 'RATE_LIMIT_WINDOW',
+  rateLimitMaxRequests: 'RATE_LIMIT_MAX_REQUESTS',
+  wsRateLimitMaxMessages: 'WS_RATE_LIMIT_MAX_MESSAGES',
+  wsRateLimitPerPrincipal: 'WS_RATE_LIMIT_PER_PRINCIPAL',
 } as const;
 
 type FileKey = keyof typeof CONFIG_FILE_KEYS;
@@ -257,7 +289,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     re: /^[A-Za-z0-9_.:-]{1,128}$/,
     accepted: '1-128 characters of A-Z a-z 0-9 _ . : -',
   });
-  const host = str('HOST', '0.0.0.0', {
+  const host = str('HOST', '127.0.0.1', {
     re: /^[A-Za-z0-9.:[\]-]{1,255}$/,
     accepted: 'a host name or IP address to listen on (e.g. 0.0.0.0, 127.0.0.1, ::)',
   });
@@ -322,7 +354,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     problems.push(
       'HTTP_GATEWAY_TLS_KEY and HTTP_GATEWAY_TLS_CERT: set both (PEM files) for HTTP/2 over TLS, or neither for cleartext HTTP/1.1',
     );
-  const httpGateway = {
+  const httpGateway: BrokerConfig['httpGateway'] = {
     enabled: bool('HTTP_GATEWAY_ENABLED', true),
     port: int('HTTP_GATEWAY_PORT', 3001, 0, 65535, ' (0 = any free port)'),
     ...(tlsKeyFile === '' ? {} : { tlsKeyFile }),
@@ -340,12 +372,37 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     maxMemoryBytes: int('ALERT_MAX_MEMORY_MB', 512, 16, 1_048_576, ' (MB)') * 1024 * 1024,
   };
   const redis = readRedis(raw, problems);
+  const allowInsecureRemote = bool('ALLOW_INSECURE_REMOTE', false);
+  if (!isLoopback(host) && jwtSecret === '' && !allowInsecureRemote)
+    problems.push(
+      `HOST=${host}: listening beyond this machine without authentication (accepted: set JWT_SECRET, or ALLOW_INSECURE_REMOTE=true to accept an open broker, or a loopback HOST such as 127.0.0.1)`,
+    );
+  const h2cRaw = raw.get('HTTP_GATEWAY_H2C_PORT');
+  if (h2cRaw !== undefined)
+    httpGateway.h2cPort = int('HTTP_GATEWAY_H2C_PORT', 0, 0, 65535, ' (0 = any free port)');
+  const rateLimit = {
+    windowMs: int('RATE_LIMIT_WINDOW', 1000, 1, 3_600_000, ' (ms)'),
+    httpMaxRequests: int('RATE_LIMIT_MAX_REQUESTS', 0, 0, 100_000_000, ' (requests per window; 0 = off)'),
+    wsMaxMessages: int('WS_RATE_LIMIT_MAX_MESSAGES', 0, 0, 100_000_000, ' (messages per window; 0 = off)'),
+    wsMaxMessagesPerPrincipal: int(
+      'WS_RATE_LIMIT_PER_PRINCIPAL',
+      0,
+      0,
+      100_000_000,
+      ' (messages per window; 0 = off)',
+    ),
+  };
+  if (rateLimit.wsMaxMessagesPerPrincipal > 0 && rateLimit.wsMaxMessages === 0)
+    problems.push(
+      'WS_RATE_LIMIT_PER_PRINCIPAL: needs WS_RATE_LIMIT_MAX_MESSAGES (the per-connection limit) as well',
+    );
 
   if (problems.length > 0) throw new BrokerConfigError(problems);
   return {
     serviceName,
     nodeId,
     host,
+    allowInsecureRemote,
     port,
     redis,
     keyPrefix,
@@ -361,7 +418,14 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     httpGateway,
     metricsPrefix,
     alerts,
+    rateLimit,
   };
+}
+
+/** Is this listen address reachable from this machine only? */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
 function parseHostPort(s: string): { host: string; port: number } | null {

@@ -97,7 +97,10 @@ async function main(): Promise<void> {
   });
 
   starting = broker.start().catch((err) => {
-    logger.error('cannot start', { error: toError(err).message, code: (err as { code?: string }).code });
+    const e = toError(err);
+    // one line for the log collector, one for the person at the terminal; no stack
+    logger.error('cannot start', { error: e.message, code: (err as { code?: string }).code });
+    process.stderr.write(`qe-broker: cannot start: ${e.message}\n`);
     process.exit(EXIT_FAILURE);
   });
 }

@@ -56,17 +56,27 @@ describe('broker process (memory transport, no configuration)', () => {
 
     const dl = await fetch(`${b.url}/dead-letters`);
     expect(dl.status).toBe(200);
-    expect(await dl.json()).toEqual({ count: 0, items: [] });
+    expect(dl.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(await dl.json()).toEqual({ count: 0, deadLetters: [] });
     const missing = await fetch(`${b.url}/dead-letters/nope`);
     expect(missing.status).toBe(404);
-    const bad = await fetch(`${b.url}/dead-letters/redrive`, { method: 'POST', body: '{"ids": "x"}' });
+    const json = { 'content-type': 'application/json' };
+    const bad = await fetch(`${b.url}/dead-letters/redrive`, {
+      method: 'POST',
+      headers: json,
+      body: '{"ids": 7}',
+    });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('VALIDATION');
-    const notJson = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{oops' });
+    const notJson = await fetch(`${b.url}/dead-letters/redrive`, {
+      method: 'POST',
+      headers: json,
+      body: '{oops',
+    });
     expect(notJson.status).toBe(400);
-    const vague = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{}' });
+    const vague = await fetch(`${b.url}/dead-letters`, { method: 'DELETE' });
     expect(vague.status).toBe(400); // purging everything must be asked for explicitly
-    const purge = await fetch(`${b.url}/dead-letters/purge`, { method: 'POST', body: '{"all": true}' });
+    const purge = await fetch(`${b.url}/dead-letters?all=true`, { method: 'DELETE' });
     expect(await purge.json()).toEqual({ purged: 0 });
     expect((await fetch(`${b.url}/nowhere`)).status).toBe(404);
 

@@ -98,14 +98,15 @@ describe('broker process on Redis (spec 003 variables)', () => {
         async () =>
           (await (await fetch(`${b.url}/dead-letters`)).json()) as {
             count: number;
-            items: { id: string; event: { type: string } }[];
+            deadLetters: { id: string; event: { type: string } }[];
           },
         (l) => l.count === 1,
       );
-      expect(list.items[0]!.event.type).toBe('job.fail');
+      expect(list.deadLetters[0]!.event.type).toBe('job.fail');
       const redrive = await fetch(`${b.url}/dead-letters/redrive`, {
         method: 'POST',
-        body: JSON.stringify({ ids: [list.items[0]!.id] }),
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ids: [list.deadLetters[0]!.id] }),
       });
       expect(await redrive.json()).toEqual({ redriven: 1 });
       await until(

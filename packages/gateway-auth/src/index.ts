@@ -1,7 +1,9 @@
+export { scheduleExpiry } from './expiry.js';
 export { createTokenVerifier, extractToken, type JwtConfig, type VerifiedToken } from './jwt.js';
 export { patternIsSubset, patternsIntersect } from './patterns.js';
 export {
   ALLOW_ALL,
+  assertAdmin,
   assertPublish,
   assertSubscribe,
   canPublish,

@@ -10,14 +10,25 @@ export interface PatternRules {
 export interface Permissions {
   publish: PatternRules;
   subscribe: PatternRules;
+  /**
+   * May use the administrative routes (dead letters: list, inspect, redrive,
+   * purge). Even then, only for event types the subscribe rules allow.
+   * Granted only by an explicit `admin: true` in the token's claim.
+   */
+  admin?: boolean;
 }
 
 /** Nothing allowed. */
-export const DENY_ALL: Permissions = Object.freeze({ publish: { allow: [] }, subscribe: { allow: [] } });
-/** Everything allowed. */
+export const DENY_ALL: Permissions = Object.freeze({
+  publish: { allow: [] },
+  subscribe: { allow: [] },
+  admin: false,
+});
+/** Everything allowed, administration included (a gateway without authentication). */
 export const ALLOW_ALL: Permissions = Object.freeze({
   publish: { allow: ['**'] },
   subscribe: { allow: ['**'] },
+  admin: true,
 });
 
 function rules(v: unknown, field: string): PatternRules {
@@ -36,8 +47,9 @@ function rules(v: unknown, field: string): PatternRules {
 }
 
 /**
- * Reads permissions from token claims: `{ pub: { allow, deny }, sub: { allow, deny } }`
+ * Reads permissions from token claims: `{ pub: { allow, deny }, sub: { allow, deny }, admin? }`
  * under `claim` (default `qe`), as NATS user JWTs do. Absent claims give `fallback`.
+ * `admin` must be exactly `true` to grant the administrative routes.
  */
 export function permissionsFromClaims(
   claims: Record<string, unknown>,
@@ -49,7 +61,13 @@ export function permissionsFromClaims(
   if (typeof c !== 'object' || c === null)
     throw new ValidationError(claim, 'must be an object with pub and sub');
   const o = c as Record<string, unknown>;
-  return { publish: rules(o.pub, `${claim}.pub`), subscribe: rules(o.sub, `${claim}.sub`) };
+  if (o.admin !== undefined && typeof o.admin !== 'boolean')
+    throw new ValidationError(`${claim}.admin`, 'must be true or false');
+  return {
+    publish: rules(o.pub, `${claim}.pub`),
+    subscribe: rules(o.sub, `${claim}.sub`),
+    admin: o.admin === true,
+  };
 }
 
 /** May this principal publish an event of `type`? Deny wins over allow. */
@@ -80,4 +98,12 @@ export function assertSubscribe(p: Permissions, pattern: string): void {
         details: { pattern },
       },
     );
+}
+
+/** Throws `FORBIDDEN` unless the principal holds the explicit admin permission. */
+export function assertAdmin(p: Permissions): void {
+  if (p.admin !== true)
+    throw new ForbiddenError('the dead-letter routes need the admin permission (claim admin: true)', {
+      details: { permission: 'admin' },
+    });
 }

@@ -24,8 +24,9 @@ import {
   type Permissions,
   parseJsonSafe,
   permissionsFromClaims,
+  scheduleExpiry,
 } from '@qe/gateway-auth';
-import { MemoryTokenBuckets } from '@qe/reliability';
+import { MemoryTokenBuckets, type TokenBucketStore } from '@qe/reliability';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { CLIENT_OPS } from './protocol.js';
 
@@ -45,11 +46,17 @@ export interface WebSocketGatewayOptions {
   maxConnections?: number;
   /** Largest frame accepted, bytes; larger frames close the connection (1009) before buffering. Default 1 MiB. */
   maxPayload?: number;
-  /** Messages per window per connection and per principal (token bucket). */
+  /**
+   * Messages per window per connection and per principal (token bucket).
+   * `store` holds the per-principal buckets: a `RedisTokenBuckets`
+   * (`@qe/reliability`) shares one budget per principal across every gateway on
+   * the same Redis; default in this process. Per-connection buckets stay local.
+   */
   rateLimit?: {
     windowMs: number;
     maxMessages: number;
     perPrincipal?: { windowMs: number; maxMessages: number };
+    store?: TokenBucketStore;
   };
   /** Ping interval; a client that misses a pong is closed. Default 30,000 ms. */
   heartbeatIntervalMs?: number;
@@ -103,7 +110,8 @@ interface Conn {
   pending: Map<string, { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>;
   alive: boolean;
   lastSeen: number;
-  expiry: NodeJS.Timeout | null;
+  /** Cancels the token-expiry close. */
+  expiry: (() => void) | null;
   seq: number;
 }
 
@@ -147,6 +155,21 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     throw new ConfigError('slowClientPolicy', "must be 'drop' or 'disconnect'");
   const verify = o.auth ? createTokenVerifier(o.auth.jwt) : undefined;
   const buckets = new MemoryTokenBuckets();
+  const principalBuckets = o.rateLimit?.store ?? buckets;
+  if (o.rateLimit) {
+    const rl = o.rateLimit;
+    for (const [k, v] of Object.entries({
+      'rateLimit.windowMs': rl.windowMs,
+      'rateLimit.maxMessages': rl.maxMessages,
+      ...(rl.perPrincipal
+        ? {
+            'rateLimit.perPrincipal.windowMs': rl.perPrincipal.windowMs,
+            'rateLimit.perPrincipal.maxMessages': rl.perPrincipal.maxMessages,
+          }
+        : {}),
+    }))
+      if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(k, 'must be a positive integer');
+  }
   const stats: WebSocketGatewayStats = {
     connections: 0,
     accepted: 0,
@@ -229,12 +252,17 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
         expiry: null,
         seq: 0,
       };
-      if (expiresAt > 0)
-        c.expiry = setTimeout(() => ws.close(1008, 'token expired'), Math.max(0, expiresAt - Date.now()));
+      // any valid exp, also past Node's ~24.8-day timer range
+      if (expiresAt > 0) c.expiry = scheduleExpiry(expiresAt, () => ws.close(1008, 'token expired'));
       accept(c);
     });
   };
-  server.on('upgrade', (req, socket, head) => void onUpgrade(req, socket as Socket, head));
+  server.on('upgrade', (req, socket, head) =>
+    onUpgrade(req, socket as Socket, head).catch(() => {
+      stats.errors.other++;
+      (socket as Socket).destroy();
+    }),
+  );
 
   const accept = (c: Conn) => {
     conns.add(c);
@@ -245,7 +273,9 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     });
     c.ws.on('message', (data, isBinary) => {
       c.lastSeen = Date.now();
-      void onMessage(c, data as Buffer, isBinary);
+      onMessage(c, data as Buffer, isBinary).catch(() => {
+        stats.errors.other++; // a reply that could not be written: the connection is going away
+      });
     });
     c.ws.on('error', (err) => {
       if (/max payload/i.test(err.message)) stats.errors.tooLarge++;
@@ -256,7 +286,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
   const drop = (c: Conn) => {
     if (!conns.delete(c)) return;
     stats.connections = conns.size;
-    if (c.expiry) clearTimeout(c.expiry);
+    c.expiry?.();
     for (const u of c.subs.values()) u();
     c.subs.clear();
     for (const p of c.pending.values()) {
@@ -276,7 +306,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     const a = await buckets.take(key, rl.maxMessages, rl.maxMessages / rl.windowMs, 1);
     if (!a.allowed) return a.retryAfterMs;
     if (rl.perPrincipal) {
-      const b = await buckets.take(
+      const b = await principalBuckets.take(
         `principal:${c.principal}`,
         rl.perPrincipal.maxMessages,
         rl.perPrincipal.maxMessages / rl.perPrincipal.windowMs,
@@ -434,7 +464,18 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
   heartbeat.unref();
 
   if (own)
-    await new Promise<void>((resolve) => server.listen(o.port ?? 8080, o.host ?? '127.0.0.1', resolve));
+    // a bind failure (port in use, bad address) rejects: never an unhandled 'error' event
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(o.port ?? 8080, o.host ?? '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch((err) => {
+      clearInterval(heartbeat);
+      wss.close();
+      throw err;
+    });
   const port = (server.address() as AddressInfo | null)?.port ?? 0;
 
   return {
