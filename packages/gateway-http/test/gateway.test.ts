@@ -247,6 +247,32 @@ describe('HTTP gateway (HTTP/1.1, real sockets)', () => {
     expect(closedAt).toBeGreaterThan(0);
   }, 10_000);
 
+  it('close() lets a publish in progress get its reply (202) before the server closes', async () => {
+    const bus = new QEEventBus({ nodeId: 'http-close', retryAttempts: 0 });
+    await bus.start();
+    cleanups.push(() => bus.stop());
+    const gw = await createHttpGateway({ bus, port: 0 });
+    const body = JSON.stringify(ev('close.inflight'));
+    const sock = net.connect(gw.port, '127.0.0.1');
+    sock.on('error', () => {});
+    let reply = '';
+    sock.on('data', (c: Buffer) => (reply += c.toString()));
+    await new Promise((r) => sock.once('connect', r));
+    sock.write(
+      `POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`,
+    );
+    await waitFor(() => gw.stats().requests === 1, 'the request to start');
+    const closed = gw.close();
+    sock.write(body.slice(10)); // the rest of the body arrives while the gateway is closing
+    await closed;
+    await waitFor(() => reply.includes('\r\n\r\n'), 'the reply');
+    expect(reply).toMatch(/^HTTP\/1\.1 202 /);
+    expect((await bus.getRecentEvents({ pattern: 'close.*' })).map((e) => e.type)).toEqual([
+      'close.inflight',
+    ]);
+    sock.destroy();
+  });
+
   it('SSE: a live stream with ids, resumable with Last-Event-ID from history', async () => {
     const { bus, base } = await setup();
     const ac = new AbortController();
