@@ -808,6 +808,12 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
         sheds: (p) => p >= this.shedFrom,
       },
     };
+    if (group !== null)
+      b.sink.concurrency = () => {
+        let n = 0;
+        for (const s of b.subs) if (!s.closed) n += s.maxConcurrency * (s.batch?.size ?? 1);
+        return n;
+      };
     return b;
   }
 
