@@ -327,7 +327,12 @@ export interface Transport {
   readonly name: string;
   readonly capabilities: TransportCapabilities;
   connect(context: TransportContext): Promise<void>;
-  close(): Promise<void>;
+  /**
+   * `timeoutMs`: return within about this long whatever the backend does
+   * (flush what can be flushed, then drop the connections). The bus passes
+   * what is left of its `shutdownTimeoutMs`.
+   */
+  close(options?: { timeoutMs?: number }): Promise<void>;
   isConnected(): boolean;
   publish(events: readonly AgentEvent[], options?: PublishOptions): Promise<void>;
   consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer>;
