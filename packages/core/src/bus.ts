@@ -569,7 +569,23 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     this.sampler = null;
     for (const s of this.subs.values()) if (s.batch?.timer) clearTimeout(s.batch.timer);
     try {
-      await this.transport.close({ timeoutMs: Math.max(0, deadline - Date.now()) });
+      // a transport that does not honour timeoutMs (or wraps one that does not) is not waited for past it
+      const timeoutMs = Math.max(0, deadline - Date.now());
+      const closed = this.transport.close({ timeoutMs });
+      let timer: NodeJS.Timeout | undefined;
+      const gaveUp = await Promise.race([
+        closed.then(() => false),
+        new Promise<boolean>((r) => {
+          timer = setTimeout(() => r(true), timeoutMs + 100);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (gaveUp) {
+        closed.catch((e) => this.reportError(toError(e)));
+        this.logger.warn('stop: the transport did not close within shutdownTimeoutMs; not waiting for it', {
+          transport: this.transport.name,
+        });
+      }
     } finally {
       this.state = 'stopped';
       for (const w of this.waiters.splice(0)) w();
