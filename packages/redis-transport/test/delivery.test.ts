@@ -75,6 +75,52 @@ describe('redis streams delivery', () => {
     expect(maxHeld).toBeLessThanOrEqual(5); // its free slot, at most one per priority stream
   });
 
+  it('a member that crashes mid-burst holds only what it could run: the idle member handles the rest at once', async () => {
+    const keyPrefix = uniquePrefix('fairdead');
+    cleanups.push(() => deletePrefix(keyPrefix));
+    // claimIdleMs far away: what the crashed member holds waits for it; everything else must not
+    const a = await startBus('fairdead-a', { keyPrefix, claimIdleMs: 600_000 }, 500);
+    const b = await startBus('fairdead-b', { keyPrefix, claimIdleMs: 600_000 }, 500);
+    const r = redis();
+    let aCalls = 0;
+    const byB = new Set<number>();
+    await a.subscribe(
+      'fd.*',
+      async () => {
+        aCalls++;
+        await (a.transport as RedisStreamsTransport).kill(); // crash: nothing acked, connections gone
+        return new Promise(() => {});
+      },
+      { group: 'workers', maxConcurrency: 1 },
+    ).ready;
+    await b.subscribe('fd.*', async (e) => void byB.add((e.data as { i: number }).i), {
+      group: 'workers',
+      maxConcurrency: 1,
+    }).ready;
+    await b.publishBatch(
+      Array.from({ length: 40 }, (_, i) => ({ type: 'fd.job', agentId: 'p', data: { i } })),
+    );
+    await waitFor(() => aCalls === 1, 'the first member to take one and crash');
+    const stream = (b.transport as RedisStreamsTransport).keys.stream(0, 2);
+    const heldByA = async () => {
+      const summary = (await r.xpending(stream, 'g:group:workers:fd.*')) as [
+        number,
+        unknown,
+        unknown,
+        [string, string][] | null,
+      ];
+      return Number((summary[3] ?? []).find(([c]) => c === 'fairdead-a')?.[1] ?? 0);
+    };
+    const held = await heldByA();
+    expect(held).toBeGreaterThanOrEqual(1);
+    expect(held).toBeLessThanOrEqual(5); // its one slot, at most one entry per priority stream
+    await waitFor(
+      () => byB.size === 40 - held,
+      `the other member to handle the ${40 - held} events not held`,
+      15_000,
+    );
+  }, 30_000);
+
   it('stop() flushes the acks of every handled event before it closes: none of them stays pending', async () => {
     const keyPrefix = uniquePrefix('stopack');
     cleanups.push(() => deletePrefix(keyPrefix));
