@@ -570,7 +570,8 @@ export class RedisStreamsTransport implements Transport {
     const calls: Promise<void>[] = [];
     const chunks: Chunk[] = [];
     const timeoutMs = this.options.publishTimeoutMs;
-    const timeout = new TimeoutError(`publish not confirmed by Redis within ${timeoutMs} ms`);
+    // built only when a deadline passes (an Error captures a stack): not once per flush
+    const timeout = () => new TimeoutError(`publish not confirmed by Redis within ${timeoutMs} ms`);
     // one argument list per partition under construction; a full one is sent at once
     const open = new Map<number, Chunk>();
     const sendChunk = (part: number, chunk: Chunk) => {
@@ -578,7 +579,7 @@ export class RedisStreamsTransport implements Transport {
       chunks.push(chunk);
       const onSend = (cmd: LeanCommand) => {
         chunk.cmd = cmd;
-        if (chunk.done) cmd.cancel(timeout); // an EVAL after NOSCRIPT, past the deadline
+        if (chunk.done) cmd.cancel(timeout()); // an EVAL after NOSCRIPT, past the deadline
       };
       calls.push(
         runScript(
@@ -626,11 +627,12 @@ export class RedisStreamsTransport implements Transport {
       for (const chunk of chunks) {
         if (chunk.done) continue;
         chunk.done = true;
-        const unseen = chunk.cmd === null || chunk.cmd.cancel(timeout);
+        const err = timeout();
+        const unseen = chunk.cmd === null || chunk.cmd.cancel(err);
         this.counters.publishTimeouts += chunk.owners.length;
         for (const p of chunk.owners) {
           if (!unseen || p.timedOut !== 'unknown') p.timedOut = unseen ? 'none' : 'unknown';
-          this.finishPublish(p, timeout, 1);
+          this.finishPublish(p, err, 1);
         }
       }
     }, timeoutMs);
