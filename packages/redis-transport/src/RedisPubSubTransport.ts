@@ -176,7 +176,10 @@ export class RedisPubSubTransport implements Transport {
       .then(
         () => {},
         (err: Error) => {
-          if (this.subscribed === p) this.subscribed = null;
+          if (this.subscribed === p) {
+            this.subscribed = null;
+            this.gapFrom = null; // never subscribed: nothing was missed
+          }
           throw new TransportError(`cannot subscribe to ${this.channel}: ${err.message}`, { cause: err });
         },
       );
@@ -316,32 +319,8 @@ export class RedisPubSubTransport implements Transport {
       for (const p of batch) p.reject(new NotConnectedError('redis pub/sub transport is not connected'));
       return;
     }
-    const stream = pub instanceof Redis ? pub.stream : undefined;
-    stream?.cork();
-    try {
-      for (const p of batch) {
-        const sent = p.messages.map((m) => {
-          const cmd = new LeanCommand('publish', [this.channel, m], this.channel, false);
-          p.cmds.push(cmd);
-          return dispatch(pub, cmd);
-        });
-        Promise.all(sent).then(
-          () => {
-            if (p.done) return;
-            p.done = true;
-            this.counters.published += p.messages.length;
-            p.resolve();
-          },
-          (err: Error) => {
-            if (p.done) return;
-            p.done = true;
-            p.reject(new TransportError(`redis rejected a publish: ${err.message}`, { cause: err }));
-          },
-        );
-      }
-    } finally {
-      if (stream) process.nextTick(() => stream.uncork());
-    }
+    // publishes of this batch not settled yet; the deadline timer goes when none is left
+    let left = batch.length;
     const ms = this.options.publishTimeoutMs;
     const timer = setTimeout(() => {
       for (const p of batch) {
@@ -358,8 +337,34 @@ export class RedisPubSubTransport implements Transport {
         );
       }
     }, ms);
-    timer.unref();
-    Promise.allSettled(batch.flatMap((p) => p.cmds.map((c) => c.promise))).then(() => clearTimeout(timer));
+    const stream = pub instanceof Redis ? pub.stream : undefined;
+    stream?.cork();
+    try {
+      for (const p of batch) {
+        const sent = p.messages.map((m) => {
+          const cmd = new LeanCommand('publish', [this.channel, m], this.channel, false);
+          p.cmds.push(cmd);
+          return dispatch(pub, cmd);
+        });
+        Promise.all(sent).then(
+          () => {
+            if (p.done) return;
+            p.done = true;
+            if (--left === 0) clearTimeout(timer);
+            this.counters.published += p.messages.length;
+            p.resolve();
+          },
+          (err: Error) => {
+            if (p.done) return;
+            p.done = true;
+            if (--left === 0) clearTimeout(timer);
+            p.reject(new TransportError(`redis rejected a publish: ${err.message}`, { cause: err }));
+          },
+        );
+      }
+    } finally {
+      if (stream) process.nextTick(() => stream.uncork());
+    }
   }
 
   async consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer> {

@@ -2,7 +2,7 @@ import { QEEventBus } from '@qe/core';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
+import { RedisPubSubTransport, RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
 import { uniquePrefix } from './helpers.js';
 import { type RedisProcess, startRedis } from './redis-server.js';
 
@@ -86,6 +86,28 @@ describe('redis deadlines', () => {
     const { outcome, ms } = await timed(bus.publish({ type: 'dl.frozen', agentId: 'a', data: {} }), 3000);
     s.proc.kill('SIGCONT');
     expect(outcome).toMatchObject({ ok: false, error: { code: 'TIMEOUT', details: { stored: 'unknown' } } });
+    expect(ms).toBeGreaterThanOrEqual(900);
+  }, 20_000);
+
+  it('pub/sub: a publish while Redis is down rejects with TIMEOUT after publishTimeoutMs', async () => {
+    const s = await server(7185);
+    const bus = new QEEventBus({
+      nodeId: 'deadline-ps',
+      transport: new RedisPubSubTransport({
+        url: `redis://127.0.0.1:${s.port}`,
+        keyPrefix: uniquePrefix('psdeadline'),
+        publishTimeoutMs: 1000,
+      }),
+      shutdownTimeoutMs: 1000,
+    });
+    bus.on('error', () => {});
+    await bus.start();
+    cleanups.push(() => bus.stop().catch(() => {}));
+    await bus.publish({ type: 'dl.before', agentId: 'a', data: {} });
+    await s.stop('SIGKILL');
+    await waitFor(() => !bus.transport.isConnected(), 'the client to notice');
+    const { outcome, ms } = await timed(bus.publish({ type: 'dl.lost', agentId: 'a', data: {} }), 3000);
+    expect(outcome).toMatchObject({ ok: false, error: { code: 'TIMEOUT', details: { stored: 'none' } } });
     expect(ms).toBeGreaterThanOrEqual(900);
   }, 20_000);
 
