@@ -520,10 +520,12 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   }
 
   /**
-   * Stops taking new deliveries, waits up to `shutdownTimeoutMs` for queued and
-   * in-flight handlers (acking as they finish), then closes the transport.
-   * Deliveries not finished by then stay unacked: a durable transport
-   * redelivers them. `leave: true` also removes this node's durable consumer
+   * Stops taking new deliveries, waits for queued and in-flight handlers
+   * (acking as they finish), then closes the transport, which flushes those
+   * acks first. Returns within `shutdownTimeoutMs` whatever the transport does:
+   * handlers get all of it but a slice (a quarter, at most 1 s) kept for the
+   * transport's close. Deliveries not finished by then stay unacked: a durable
+   * transport redelivers them. `leave: true` also removes this node's durable consumer
    * state (its broadcast consumer group) for good.
    */
   async stop(options: { leave?: boolean } = {}): Promise<void> {
@@ -533,7 +535,11 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     }
     this.state = 'stopping';
     const leave = options.leave ?? false;
-    await Promise.all(
+    // stop() returns within shutdownTimeoutMs whatever the transport does; a slice of it
+    // is kept for the transport to flush the acks of the last handlers and close
+    const deadline = Date.now() + this.shutdownTimeoutMs;
+    const closeBy = deadline - Math.min(1000, Math.floor(this.shutdownTimeoutMs / 4));
+    const closing = Promise.all(
       [...this.bindings.values()].map(async (b) => {
         await b.opening?.catch(() => {});
         const c = b.consumer;
@@ -542,8 +548,16 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
         if (c) await c.close({ leave: leave && b.group === null }).catch((e) => this.reportError(toError(e)));
       }),
     );
+    let closeTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      closing,
+      new Promise<void>((r) => {
+        closeTimer = setTimeout(r, Math.max(0, closeBy - Date.now()));
+      }),
+    ]);
+    clearTimeout(closeTimer);
     for (const s of this.subs.values()) if (s.batch && s.batch.buf.length > 0) this.flushBatch(s);
-    const drained = await this.waitIdle(this.shutdownTimeoutMs);
+    const drained = await this.waitIdle(Math.max(0, closeBy - Date.now()));
     if (!drained)
       this.logger.warn('stop: handlers still running after shutdownTimeoutMs; leaving them unacked', {
         queued: this.queued,
@@ -555,7 +569,23 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     this.sampler = null;
     for (const s of this.subs.values()) if (s.batch?.timer) clearTimeout(s.batch.timer);
     try {
-      await this.transport.close();
+      // a transport that does not honour timeoutMs (or wraps one that does not) is not waited for past it
+      const timeoutMs = Math.max(0, deadline - Date.now());
+      const closed = this.transport.close({ timeoutMs });
+      let timer: NodeJS.Timeout | undefined;
+      const gaveUp = await Promise.race([
+        closed.then(() => false),
+        new Promise<boolean>((r) => {
+          timer = setTimeout(() => r(true), timeoutMs + 100);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (gaveUp) {
+        closed.catch((e) => this.reportError(toError(e)));
+        this.logger.warn('stop: the transport did not close within shutdownTimeoutMs; not waiting for it', {
+          transport: this.transport.name,
+        });
+      }
     } finally {
       this.state = 'stopped';
       for (const w of this.waiters.splice(0)) w();
@@ -808,6 +838,12 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
         sheds: (p) => p >= this.shedFrom,
       },
     };
+    if (group !== null)
+      b.sink.concurrency = () => {
+        let n = 0;
+        for (const s of b.subs) if (!s.closed) n += s.maxConcurrency * (s.batch?.size ?? 1);
+        return n;
+      };
     return b;
   }
 

@@ -84,6 +84,15 @@ export interface DeliverySink {
   ready(): Promise<void>;
   /** Whether the bus sheds an event of this priority while full (configured load shedding). */
   sheds(priority: EventPriority): boolean;
+  /**
+   * Group bindings only: how many deliveries this node's members of the group
+   * can run at once (the sum of their `maxConcurrency`, times `batchSize` for
+   * batch subscriptions). A transport that reads ahead for competing members
+   * holds no more unsettled deliveries than this, so an idle member on another
+   * node is never starved by a busy one's read-ahead (SEMANTICS: members
+   * compete fairly).
+   */
+  concurrency?(): number;
 }
 
 /**
@@ -318,7 +327,12 @@ export interface Transport {
   readonly name: string;
   readonly capabilities: TransportCapabilities;
   connect(context: TransportContext): Promise<void>;
-  close(): Promise<void>;
+  /**
+   * `timeoutMs`: return within about this long whatever the backend does
+   * (flush what can be flushed, then drop the connections). The bus passes
+   * what is left of its `shutdownTimeoutMs`.
+   */
+  close(options?: { timeoutMs?: number }): Promise<void>;
   isConnected(): boolean;
   publish(events: readonly AgentEvent[], options?: PublishOptions): Promise<void>;
   consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer>;

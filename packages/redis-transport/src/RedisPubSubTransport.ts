@@ -11,6 +11,7 @@ import {
   NotConnectedError,
   noopLogger,
   type Serializer,
+  TimeoutError,
   type Transport,
   type TransportCapabilities,
   type TransportConsumer,
@@ -21,7 +22,7 @@ import {
   UnsupportedError,
 } from '@qe/core';
 import { type Cluster, Redis } from 'ioredis';
-import { send } from './command.js';
+import { dispatch, LeanCommand } from './command.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { createClient } from './RedisStreamsTransport.js';
 
@@ -73,14 +74,30 @@ class PubSubConsumer implements TransportConsumer {
   }
 }
 
+/** How long after a subscriber gap healthCheck() stays degraded, reporting it. */
+export const GAP_REPORT_MS = 60_000;
+
+/** A time window in which the subscriber connection was down: events published in it were lost here. */
+export interface SubscriberGap {
+  /** Epoch ms the connection was found lost. */
+  readonly from: number;
+  /** Epoch ms the channel was subscribed again. */
+  readonly to: number;
+  readonly ms: number;
+}
+
 /**
  * Redis pub/sub transport: at-most-once, lowest latency, nothing persisted.
  * Same API and patterns as the streams transport; no groups, no history, no
- * dead-letter store (the bus still emits `deadLetter`). Every node's
- * subscriber connection receives every event on `<prefix>:ps` and the bus
+ * dead-letter store (the bus still emits `deadLetter`). A node subscribes to
+ * `<prefix>:ps` only while it has a consumer (a bus that only publishes reads
+ * nothing back); its subscriber connection receives every event and the bus
  * filters. An event arriving while the bus's queue is full, or while its
  * consumer is paused, is dropped and counted (`dropped`), never buffered
- * without bound.
+ * without bound. When the subscriber connection drops, what was published
+ * until it is back is lost: the gap is counted (`reconnects`, `gapMs`,
+ * `lastGap`) and `healthCheck()` is degraded, naming the window, for
+ * `GAP_REPORT_MS` after it.
  */
 export class RedisPubSubTransport implements Transport {
   readonly name = 'redis-pubsub';
@@ -93,7 +110,26 @@ export class RedisPubSubTransport implements Transport {
   private consumers: PubSubConsumer[] = [];
   private closed = false;
   private logger: Logger = noopLogger;
-  readonly counters = { published: 0, delivered: 0, dropped: 0, decodeErrors: 0 };
+  private context: TransportContext | null = null;
+  /** SUBSCRIBE under way or done (null: not subscribed). */
+  private subscribed: Promise<void> | null = null;
+  /** Epoch ms the subscriber connection was lost, while it is down. */
+  private gapFrom: number | null = null;
+  private lastGap: SubscriberGap | null = null;
+  readonly counters = {
+    published: 0,
+    delivered: 0,
+    dropped: 0,
+    decodeErrors: 0,
+    /** Times the subscriber connection came back after dropping. */
+    reconnects: 0,
+    /** Total ms the subscriber connection was down while subscribed. */
+    gapMs: 0,
+    /** Events this node published while its own subscriber was down (lost to its consumers). */
+    publishedDuringGap: 0,
+    /** Events whose publish passed `publishTimeoutMs`. */
+    publishTimeouts: 0,
+  };
 
   constructor(options: RedisTransportOptions = {}) {
     this.options = resolveOptions(options);
@@ -103,24 +139,87 @@ export class RedisPubSubTransport implements Transport {
 
   async connect(context: TransportContext): Promise<void> {
     if (this.closed) throw new ClosedError('this redis pub/sub transport was closed; create a new one');
+    if (this.pub) return;
     this.logger = context.logger;
+    this.context = context;
     const pub = createClient(this.options);
-    const sub = createClient(this.options);
-    for (const c of [pub, sub])
+    pub.on('error', (err: Error) =>
+      context.onError(new TransportError(`redis: ${err.message}`, { cause: err })),
+    );
+    try {
+      await pub.connect();
+    } catch (err) {
+      pub.disconnect();
+      throw new TransportError(`cannot connect to Redis: ${(err as Error).message}`, { cause: err });
+    }
+    this.pub = pub;
+  }
+
+  /** Subscribes to the channel (the first consumer does; a bus that only publishes never does). */
+  private subscribe(): Promise<void> {
+    if (this.subscribed) return this.subscribed;
+    const context = this.context!;
+    let sub = this.sub;
+    if (!sub) {
+      const c = createClient(this.options);
+      sub = this.sub = c;
       c.on('error', (err: Error) =>
         context.onError(new TransportError(`redis: ${err.message}`, { cause: err })),
       );
-    try {
-      await Promise.all([pub.connect(), sub.connect()]);
-      await sub.subscribe(this.channel);
-    } catch (err) {
-      pub.disconnect();
-      sub.disconnect();
-      throw new TransportError(`cannot connect to Redis: ${(err as Error).message}`, { cause: err });
+      c.on('messageBuffer', (_channel: Buffer, message: Buffer) => this.onMessage(message));
+      c.on('close', () => this.onSubscriberLost());
+      c.on('ready', () => this.onSubscriberReady(c));
     }
-    sub.on('messageBuffer', (_channel: Buffer, message: Buffer) => this.onMessage(message));
-    this.pub = pub;
-    this.sub = sub;
+    const s = sub;
+    const p = (s.status === 'wait' ? s.connect() : Promise.resolve())
+      .then(() => s.subscribe(this.channel))
+      .then(
+        () => {},
+        (err: Error) => {
+          if (this.subscribed === p) {
+            this.subscribed = null;
+            this.gapFrom = null; // never subscribed: nothing was missed
+          }
+          throw new TransportError(`cannot subscribe to ${this.channel}: ${err.message}`, { cause: err });
+        },
+      );
+    this.subscribed = p;
+    return p;
+  }
+
+  /** The subscriber connection dropped while subscribed: a gap opens (events published now are lost here). */
+  private onSubscriberLost(): void {
+    if (this.closed || this.subscribed === null || this.gapFrom !== null) return;
+    this.gapFrom = Date.now();
+    this.logger.warn(
+      'redis pub/sub: subscriber connection lost; events published until it is back are lost',
+      {
+        channel: this.channel,
+      },
+    );
+  }
+
+  /** Connected again: subscribe (idempotent beside ioredis's own resubscribe), then close the gap. */
+  private onSubscriberReady(c: Redis | Cluster): void {
+    const from = this.gapFrom;
+    if (from === null || this.closed) return;
+    c.subscribe(this.channel).then(
+      () => {
+        if (this.gapFrom !== from) return;
+        const to = Date.now();
+        this.gapFrom = null;
+        this.lastGap = { from, to, ms: to - from };
+        this.counters.reconnects++;
+        this.counters.gapMs += to - from;
+        this.logger.warn('redis pub/sub: subscriber back; events published in the gap were lost', {
+          channel: this.channel,
+          from: new Date(from).toISOString(),
+          to: new Date(to).toISOString(),
+          ms: to - from,
+        });
+      },
+      (err: Error) => this.context?.onError(new TransportError(`redis: ${err.message}`, { cause: err })),
+    );
   }
 
   private onMessage(message: Buffer): void {
@@ -147,23 +246,41 @@ export class RedisPubSubTransport implements Transport {
   }
 
   isConnected(): boolean {
-    return !this.closed && this.pub?.status === 'ready' && this.sub?.status === 'ready';
+    return (
+      !this.closed &&
+      this.pub?.status === 'ready' &&
+      (this.subscribed === null || this.sub?.status === 'ready')
+    );
   }
 
-  async close(): Promise<void> {
+  /** Quits (after this tick's publishes); returns within `timeoutMs` (default `closeTimeoutMs`), dropping the connections then. */
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     // publishes of this tick still go out: QUIT below is answered after them
     if (this.waiting.length > 0) this.flushPublishes();
     this.closed = true;
     this.consumers = [];
-    await Promise.all(
-      [this.pub, this.sub].map((c) => (c ? c.quit().catch(() => c.disconnect()) : undefined)),
-    );
+    const clients = [this.pub, this.sub].filter((c): c is Redis | Cluster => c !== null);
     this.pub = this.sub = null;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(clients.map((c) => c.quit().catch(() => {}))),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, Math.max(0, options.timeoutMs ?? this.options.closeTimeoutMs));
+      }),
+    ]);
+    clearTimeout(timer);
+    for (const c of clients) c.disconnect();
   }
 
   /** Publishes waiting for this tick's write: one corked write per tick, like the streams transport's flush. */
-  private waiting: { messages: Buffer[]; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private waiting: {
+    messages: Buffer[];
+    resolve: () => void;
+    reject: (e: Error) => void;
+    cmds: LeanCommand[];
+    done: boolean;
+  }[] = [];
   private flushScheduled = false;
 
   publish(events: readonly AgentEvent[]): Promise<void> {
@@ -177,8 +294,9 @@ export class RedisPubSubTransport implements Transport {
     } catch (err) {
       return Promise.reject(err);
     }
+    if (this.gapFrom !== null) this.counters.publishedDuringGap += events.length;
     return new Promise<void>((resolve, reject) => {
-      this.waiting.push({ messages, resolve, reject });
+      this.waiting.push({ messages, resolve, reject, cmds: [], done: false });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         process.nextTick(() => this.flushPublishes());
@@ -188,7 +306,9 @@ export class RedisPubSubTransport implements Transport {
 
   /**
    * One PUBLISH per event, as LeanCommands (see command.ts), all of this tick's
-   * publishes in one corked write; each publish settles when its replies came.
+   * publishes in one corked write; each publish settles when its replies came,
+   * or rejects with `TIMEOUT` after `publishTimeoutMs` (PUBLISHes not sent by
+   * then never are).
    */
   private flushPublishes(): void {
     this.flushScheduled = false;
@@ -199,18 +319,47 @@ export class RedisPubSubTransport implements Transport {
       for (const p of batch) p.reject(new NotConnectedError('redis pub/sub transport is not connected'));
       return;
     }
+    // publishes of this batch not settled yet; the deadline timer goes when none is left
+    let left = batch.length;
+    const ms = this.options.publishTimeoutMs;
+    const timer = setTimeout(() => {
+      for (const p of batch) {
+        if (p.done) continue;
+        p.done = true;
+        const err = new TimeoutError(`publish not confirmed by Redis within ${ms} ms`);
+        let unseen = true;
+        for (const cmd of p.cmds) if (!cmd.isResolved && !cmd.cancel(err)) unseen = false;
+        this.counters.publishTimeouts += p.messages.length;
+        p.reject(
+          new TimeoutError(`publish of ${p.messages.length} events not confirmed by Redis within ${ms} ms`, {
+            details: { stored: unseen ? 'none' : 'unknown', events: p.messages.length, timeoutMs: ms },
+          }),
+        );
+      }
+    }, ms);
     const stream = pub instanceof Redis ? pub.stream : undefined;
     stream?.cork();
     try {
       for (const p of batch) {
-        const sent = p.messages.map((m) => send(pub, 'publish', [this.channel, m], this.channel));
+        const sent = p.messages.map((m) => {
+          const cmd = new LeanCommand('publish', [this.channel, m], this.channel, false);
+          p.cmds.push(cmd);
+          return dispatch(pub, cmd);
+        });
         Promise.all(sent).then(
           () => {
+            if (p.done) return;
+            p.done = true;
+            if (--left === 0) clearTimeout(timer);
             this.counters.published += p.messages.length;
             p.resolve();
           },
-          (err: Error) =>
-            p.reject(new TransportError(`redis rejected a publish: ${err.message}`, { cause: err })),
+          (err: Error) => {
+            if (p.done) return;
+            p.done = true;
+            if (--left === 0) clearTimeout(timer);
+            p.reject(new TransportError(`redis rejected a publish: ${err.message}`, { cause: err }));
+          },
         );
       }
     } finally {
@@ -219,11 +368,13 @@ export class RedisPubSubTransport implements Transport {
   }
 
   async consume(spec: ConsumerSpec, sink: DeliverySink): Promise<TransportConsumer> {
-    if (!this.sub || this.closed) throw new NotConnectedError('redis pub/sub transport is not connected');
+    if (!this.pub || this.closed) throw new NotConnectedError('redis pub/sub transport is not connected');
     if (spec.group !== null)
       throw new UnsupportedError(
         'redis pub/sub has no consumer groups; use the streams transport for groups',
       );
+    await this.subscribe();
+    if (this.closed) throw new NotConnectedError('redis pub/sub transport is not connected');
     const c = new PubSubConsumer(spec, sink, this);
     this.consumers = [...this.consumers, c];
     return c;
@@ -248,11 +399,28 @@ export class RedisPubSubTransport implements Transport {
     }
     const reasons =
       this.counters.dropped > 0 ? [`${this.counters.dropped} events dropped (at-most-once)`] : [];
+    const now = Date.now();
+    if (this.gapFrom !== null)
+      reasons.push(
+        `subscriber connection down since ${new Date(this.gapFrom).toISOString()} (${now - this.gapFrom} ms): events published meanwhile are lost (at-most-once)`,
+      );
+    const gap = this.lastGap;
+    if (gap && now - gap.to < GAP_REPORT_MS)
+      reasons.push(
+        `subscriber connection was down from ${new Date(gap.from).toISOString()} to ${new Date(gap.to).toISOString()} (${gap.ms} ms): events published in that window were lost (at-most-once); ${this.counters.reconnects} reconnects so far`,
+      );
     return {
       status: this.isConnected() ? (reasons.length ? 'degraded' : 'healthy') : 'unhealthy',
       connected: this.isConnected(),
       latencyMs: performance.now() - started,
       reasons,
+      details: {
+        subscribed: this.subscribed !== null,
+        reconnects: this.counters.reconnects,
+        gapMs: this.counters.gapMs,
+        lastGap: gap,
+        ...(this.gapFrom === null ? {} : { downSince: this.gapFrom }),
+      },
     };
   }
 
@@ -262,7 +430,8 @@ export class RedisPubSubTransport implements Transport {
       acked: this.counters.delivered,
       redelivered: 0,
       deadLettered: 0,
-      connections: this.isConnected() ? 2 : 0,
+      lastGap: this.lastGap,
+      connections: this.isConnected() ? (this.subscribed === null ? 1 : 2) : 0,
     };
   }
 }

@@ -23,6 +23,7 @@ import {
   retryEventFor,
   type Serializer,
   SlotList,
+  TimeoutError,
   type Transport,
   type TransportCapabilities,
   type TransportConsumer,
@@ -32,7 +33,7 @@ import {
   type TransportStats,
 } from '@qe/core';
 import { Cluster, Redis } from 'ioredis';
-import { send } from './command.js';
+import { dispatch, LeanCommand, send } from './command.js';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
@@ -78,6 +79,13 @@ interface ScriptCommands {
   ): Promise<number>;
 }
 
+/** XPENDING page of a consumer's own entries taken back at a restart. */
+const OWN_PAGE = 1000;
+/** XPENDING page of idle entries looked at per stream and claim round. */
+const IDLE_PAGE = 200;
+/** An XPENDING extended-form row: id, consumer, idle ms, delivery count. */
+type PendingRow = [string, string, number, number];
+
 /** Due scheduled retries moved per script call; a full page is followed by another at once. */
 const PROMOTE_PAGE = 200;
 
@@ -102,6 +110,18 @@ interface PendingPublish {
   reject: (err: Error) => void;
   left: number;
   error: Error | undefined;
+  /** Events Redis confirmed. */
+  confirmed: number;
+  /** Some chunk passed `publishTimeoutMs`; `unknown`: one of them had been sent. */
+  timedOut: false | 'none' | 'unknown';
+}
+
+/** One `publish-5` call: the command under way (EVALSHA, then maybe EVAL) and its publishes. */
+interface Chunk {
+  args: (string | Buffer)[];
+  owners: PendingPublish[];
+  cmd: LeanCommand | null;
+  done: boolean;
 }
 
 /** Events per `publish-5` call: large enough to amortise a request, small enough not to hold Redis long. */
@@ -123,12 +143,25 @@ const script = (lua: string, keys: number): LuaScript => ({
 
 const PUBLISH_5_SCRIPT = script(PUBLISH_5, 5);
 
-/** Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. `args` start with its keys. */
-function runScript(client: RedisClient, s: LuaScript, args: (string | Buffer)[]): Promise<unknown> {
+/**
+ * Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. `args` start with its keys.
+ * `onSend` sees each command as it is sent (to cancel it at a deadline).
+ */
+function runScript(
+  client: RedisClient,
+  s: LuaScript,
+  args: (string | Buffer)[],
+  onSend?: (cmd: LeanCommand) => void,
+): Promise<unknown> {
   const key = args[0] as string;
-  return send(client, 'evalsha', [s.sha, s.keys, ...args], key).catch((err: Error) => {
+  const go = (name: string, head: string) => {
+    const cmd = new LeanCommand(name, [head, s.keys, ...args], key, false);
+    onSend?.(cmd);
+    return dispatch(client, cmd);
+  };
+  return go('evalsha', s.sha).catch((err: Error) => {
     if (!/NOSCRIPT/.test(err.message)) throw err;
-    return send(client, 'eval', [s.lua, s.keys, ...args], key);
+    return go('eval', s.lua);
   });
 }
 
@@ -216,6 +249,10 @@ export class RedisStreamsTransport implements Transport {
     scheduled: 0,
     /** Scheduled retries this transport moved into the streams when due. */
     promoted: 0,
+    /** Events whose publish passed `publishTimeoutMs` (rejected with TIMEOUT). */
+    publishTimeouts: 0,
+    /** Of those, events Redis applied after all (sent before the deadline, answered after it). */
+    publishedAfterTimeout: 0,
   };
   private promoter: NodeJS.Timeout | null = null;
   private promoting = false;
@@ -286,22 +323,66 @@ export class RedisStreamsTransport implements Transport {
     return this.connected && !this.closed && this.client !== null && this.client.status === 'ready';
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the consumers, writes the publishes of this tick, flushes the acks of
+   * everything settled (those of the last tick included) and waits for them,
+   * then quits. Returns within `timeoutMs` (default `closeTimeoutMs`) whatever
+   * Redis does: past it, the connections are dropped and what was not
+   * confirmed stays as it is (unacked entries are redelivered; unconfirmed
+   * publishes reject).
+   */
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stopPromoter();
-    await Promise.all([...this.consumers].map((c) => c.close()));
-    if (this.pending.length > 0) await this.flush();
-    const deadline = Date.now() + 5000;
-    while ((this.inFlightEvents > 0 || this.tracked > 0) && Date.now() < deadline) {
-      await Promise.race([this.trackedDone(), sleep(5)]);
-      await new Promise((r) => setImmediate(r)); // acks scheduled for this tick
-    }
+    const timeoutMs = Math.max(0, options.timeoutMs ?? this.options.closeTimeoutMs);
     const c = this.client;
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = await Promise.race([
+      this.drainForClose().then(() => false),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
     this.client = null;
     this.connected = false;
-    if (c) await c.quit().catch(() => c.disconnect());
+    if (!c) return;
+    if (gaveUp) {
+      this.logger.warn('redis transport: close timed out; dropping the connections', {
+        timeoutMs,
+        pendingPublishes: this.inFlightEvents,
+        backgroundWrites: this.tracked,
+      });
+      for (const consumer of this.consumers) consumer.kill();
+      c.disconnect();
+      return;
+    }
+    // QUIT is answered after everything sent before it; a Redis that stopped answering gets no longer than the rest
+    const quitBy = new Promise<void>((r) => {
+      timer = setTimeout(r, Math.max(0, timeoutMs));
+    });
+    await Promise.race([c.quit().catch(() => {}), quitBy]);
+    clearTimeout(timer);
+    c.disconnect();
   }
+
+  /** Everything a clean close waits for: consumers, this tick's publishes, every ack flush. */
+  private async drainForClose(): Promise<void> {
+    await Promise.all([...this.consumers].map((c) => c.close()));
+    if (this.pending.length > 0) await this.flush();
+    // acks are flushed once per tick (setImmediate): let the ones scheduled run, then wait for them
+    do {
+      await new Promise((r) => setImmediate(r));
+      await Promise.race([this.trackedDone(), sleep(5)]);
+    } while (
+      this.client !== null && // null: close() gave up waiting
+      (this.inFlightEvents > 0 || this.tracked > 0 || this.ackFlushesScheduled > 0)
+    );
+  }
+
+  /** Consumers (open or closed) with an ack flush scheduled and not started yet. */
+  ackFlushesScheduled = 0;
 
   /**
    * Drops every connection at once, with no acks and no clean-up, as a crashed
@@ -407,9 +488,7 @@ export class RedisStreamsTransport implements Transport {
             `${this.inFlightEvents} events are waiting for Redis (maxPendingPublishes ${this.options.maxPendingPublishes})`,
           ),
         );
-      return new Promise<void>((resolve) => this.publishWaiters.push(resolve)).then(() =>
-        this.publish(events, options),
-      );
+      return this.waitForRoom(events.length).then(() => this.publish(events, options));
     }
     let frames: (Buffer | string)[];
     try {
@@ -427,11 +506,34 @@ export class RedisStreamsTransport implements Transport {
         reject,
         left: 0,
         error: undefined,
+        confirmed: 0,
+        timedOut: false,
       });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         process.nextTick(() => void this.flush());
       }
+    });
+  }
+
+  /** Waits for room among the publishes waiting for Redis, at most `publishTimeoutMs`. */
+  private waitForRoom(n: number): Promise<void> {
+    const ms = this.options.publishTimeoutMs;
+    return new Promise<void>((resolve, reject) => {
+      const waiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.publishWaiters = this.publishWaiters.filter((w) => w !== waiter);
+        reject(
+          new TimeoutError(
+            `${n} events waited ${ms} ms for room among ${this.inFlightEvents} publishes waiting for Redis (maxPendingPublishes ${this.options.maxPendingPublishes})`,
+            { details: { stored: 'none', timeoutMs: ms } },
+          ),
+        );
+      }, ms);
+      this.publishWaiters.push(waiter);
     });
   }
 
@@ -449,6 +551,8 @@ export class RedisStreamsTransport implements Transport {
    * per `PUBLISH_CHUNK` events (one request, one small reply), in publish
    * order. A failed call rejects the publishes it carried; entries it wrote
    * before failing stay (at-least-once: a retried publish may duplicate them).
+   * A call not answered within `publishTimeoutMs` rejects them with
+   * `TIMEOUT`; if it was not sent yet it never is (`LeanCommand.cancel`).
    */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
@@ -464,18 +568,40 @@ export class RedisStreamsTransport implements Transport {
     const trim = this.trimArgs();
     const keys = this.keys;
     const calls: Promise<void>[] = [];
+    const chunks: Chunk[] = [];
+    const timeoutMs = this.options.publishTimeoutMs;
+    // built only when a deadline passes (an Error captures a stack): not once per flush
+    const timeout = () => new TimeoutError(`publish not confirmed by Redis within ${timeoutMs} ms`);
     // one argument list per partition under construction; a full one is sent at once
-    const open = new Map<number, { args: (string | Buffer)[]; owners: PendingPublish[] }>();
-    const sendChunk = (part: number, chunk: { args: (string | Buffer)[]; owners: PendingPublish[] }) => {
+    const open = new Map<number, Chunk>();
+    const sendChunk = (part: number, chunk: Chunk) => {
       const { args, owners } = chunk;
+      chunks.push(chunk);
+      const onSend = (cmd: LeanCommand) => {
+        chunk.cmd = cmd;
+        if (chunk.done) cmd.cancel(timeout()); // an EVAL after NOSCRIPT, past the deadline
+      };
       calls.push(
-        runScript(client, PUBLISH_5_SCRIPT, [...keys.streams(part), trim[0], trim[1], trim[2], ...args]).then(
+        runScript(
+          client,
+          PUBLISH_5_SCRIPT,
+          [...keys.streams(part), trim[0], trim[1], trim[2], ...args],
+          onSend,
+        ).then(
           (reply) => {
+            if (chunk.done) {
+              // sent, then timed out, then applied after all: the caller was told `unknown`
+              this.counters.publishedAfterTimeout += owners.length;
+              return;
+            }
+            chunk.done = true;
             const lost = Number((reply as [number, number] | null)?.[1] ?? 0);
             if (lost > 0) this.noteTrimmedUnread(lost);
             for (const p of owners) this.finishPublish(p, null, 1);
           },
           (err: Error) => {
+            if (chunk.done) return;
+            chunk.done = true;
             for (const p of owners) this.finishPublish(p, err, 1);
           },
         ),
@@ -487,7 +613,7 @@ export class RedisStreamsTransport implements Transport {
         const ev = p.events[i]!;
         const part = keys.partitionFor(ev.agentId);
         let chunk = open.get(part);
-        if (!chunk) open.set(part, (chunk = { args: [], owners: [] }));
+        if (!chunk) open.set(part, (chunk = { args: [], owners: [], cmd: null, done: false }));
         chunk.args.push(LEVEL_ARG[ev.priority]!, p.t, p.frames[i]!);
         chunk.owners.push(p);
         if (chunk.owners.length >= PUBLISH_CHUNK) {
@@ -497,7 +623,21 @@ export class RedisStreamsTransport implements Transport {
       }
     }
     for (const [part, chunk] of open) sendChunk(part, chunk);
+    const timer = setTimeout(() => {
+      for (const chunk of chunks) {
+        if (chunk.done) continue;
+        chunk.done = true;
+        const err = timeout();
+        const unseen = chunk.cmd === null || chunk.cmd.cancel(err);
+        this.counters.publishTimeouts += chunk.owners.length;
+        for (const p of chunk.owners) {
+          if (!unseen || p.timedOut !== 'unknown') p.timedOut = unseen ? 'none' : 'unknown';
+          this.finishPublish(p, err, 1);
+        }
+      }
+    }, timeoutMs);
     await Promise.all(calls);
+    clearTimeout(timer);
   }
 
   private noteTrimmedUnread(n: number): void {
@@ -510,10 +650,20 @@ export class RedisStreamsTransport implements Transport {
 
   private finishPublish(p: PendingPublish, err: Error | null, n: number): void {
     if (err && !p.error) p.error = err;
+    if (!err) p.confirmed += n;
     p.left -= n;
     this.inFlightEvents -= n;
     if (p.left > 0) return;
-    if (p.error) {
+    if (p.timedOut) {
+      const ms = this.options.publishTimeoutMs;
+      const stored = p.timedOut === 'unknown' ? 'unknown' : p.confirmed > 0 ? 'partial' : 'none';
+      p.reject(
+        new TimeoutError(
+          `publish of ${p.events.length} events not confirmed by Redis within ${ms} ms (stored: ${stored})`,
+          { details: { stored, confirmed: p.confirmed, events: p.events.length, timeoutMs: ms } },
+        ),
+      );
+    } else if (p.error) {
       p.reject(
         p.error instanceof EventBusError
           ? p.error
@@ -783,11 +933,20 @@ class StreamConsumer implements TransportConsumer {
   /** Ids to XACK per stream at the next flush. Never cleared (see SlotList): arrays are swapped out. */
   private readonly ackBuf = new Map<string, string[]>();
   private ackScheduled = false;
-  private ackFlushing: Promise<void> = Promise.resolve();
   private readers: RedisClient[] = [];
   private loops: Promise<void>[] = [];
   private timers: NodeJS.Timeout[] = [];
   private recovering = false;
+  /** Idle entries of others were left unclaimed (no free slot): the read loop claims them first. */
+  private idleBacklog = false;
+  /** Read loops waiting for a free slot (a group member holding all it can run). */
+  private slotWaiters: (() => void)[] = [];
+  /** Blocking reads under way, cancelled by close() so a read on a dead connection cannot hold it up. */
+  private readonly reads = new Set<LeanCommand>();
+  private wake: () => void = () => {};
+  private readonly closedSignal = new Promise<void>((r) => {
+    this.wake = r;
+  });
 
   constructor(
     readonly transport: RedisStreamsTransport,
@@ -857,13 +1016,67 @@ class StreamConsumer implements TransportConsumer {
         await this.sink.ready();
         continue;
       }
+      if (this.free() <= 0) {
+        await this.slotFreed();
+        continue;
+      }
+      if (this.idleBacklog) {
+        await this.recover(false);
+        if (this.free() <= 0) continue;
+      }
       return true;
     }
     return false;
   }
 
+  /**
+   * Deliveries this consumer may still take: for a group, the free handler
+   * slots of its members on this node (their concurrency minus what it holds
+   * unsettled), so an idle member elsewhere gets the rest; unbounded for a
+   * broadcast binding, which competes with nobody.
+   */
+  private free(): number {
+    const concurrency = this.spec.group === null ? undefined : this.sink.concurrency?.();
+    return concurrency === undefined ? Number.POSITIVE_INFINITY : concurrency - this.inflight.size;
+  }
+
+  /** Resolves when a delivery settles, the consumer closes, or after a while (members may have joined). */
+  private slotFreed(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.min(250, this.transport.options.blockMs));
+      this.slotWaiters.push(done);
+    });
+  }
+
+  /** XREADGROUP COUNT (per stream): the bus's room, and for a group no more than its free slots. */
   private readCount(): number {
-    return Math.max(1, Math.min(this.transport.options.readCount, Math.floor(this.sink.capacity() / 5)));
+    return Math.max(
+      1,
+      Math.min(this.transport.options.readCount, Math.floor(this.sink.capacity() / 5), this.free()),
+    );
+  }
+
+  /**
+   * A blocking read on a reader connection that close() can cancel: the
+   * reader is dropped then, and a read waiting in its offline queue (Redis
+   * down) would otherwise never settle.
+   */
+  private read(client: RedisClient, args: (string | number)[], key: string): Promise<RawRead> {
+    const cmd = new LeanCommand('xreadgroup', args, key, true);
+    this.reads.add(cmd);
+    const p = dispatch(client, cmd) as Promise<RawRead>;
+    const forget = () => void this.reads.delete(cmd);
+    p.then(forget, forget);
+    return p;
+  }
+
+  /** Sleeps `ms`, or less if the consumer closes. */
+  private pause_(ms: number): Promise<void> {
+    return Promise.race([sleep(ms), this.closedSignal]);
   }
 
   private async blockingLoop(reader: RedisClient, keys: string[]): Promise<void> {
@@ -871,9 +1084,8 @@ class StreamConsumer implements TransportConsumer {
     let backoff = 0;
     while (await this.waitUntilRunnable()) {
       try {
-        const res = (await send(
+        const res = await this.read(
           reader,
-          'xreadgroup',
           [
             'GROUP',
             this.group,
@@ -887,8 +1099,7 @@ class StreamConsumer implements TransportConsumer {
             ...ids,
           ],
           keys[0]!,
-          true,
-        )) as RawRead;
+        );
         backoff = 0;
         if (res) this.handleRead(res);
       } catch (err) {
@@ -923,7 +1134,7 @@ class StreamConsumer implements TransportConsumer {
         let got = 0;
         for (const r of reads) if (r) got += this.handleRead(r);
         if (got === 0) {
-          await sleep(idle);
+          await this.pause_(idle);
           idle = Math.min(idle * 2, 50);
         } else idle = 1;
       } catch (err) {
@@ -940,7 +1151,7 @@ class StreamConsumer implements TransportConsumer {
       await this.ensureGroups('0').catch(() => {});
     } else this.transport.throttledError(err);
     const next = Math.min(2000, Math.max(50, backoff * 2));
-    await sleep(next);
+    await this.pause_(next);
     return next;
   }
 
@@ -1006,6 +1217,7 @@ class StreamConsumer implements TransportConsumer {
 
   settled(d: RedisDelivery): void {
     this.inflight.delete(d);
+    if (this.slotWaiters.length > 0) for (const w of this.slotWaiters.splice(0)) w();
   }
 
   ack(stream: string, id: string): void {
@@ -1014,14 +1226,16 @@ class StreamConsumer implements TransportConsumer {
     list.push(id);
     if (!this.ackScheduled) {
       this.ackScheduled = true;
+      this.transport.ackFlushesScheduled++;
       setImmediate(() => {
-        this.ackFlushing = this.transport.track(this.flushAcks());
+        void this.transport.track(this.flushAcks());
       });
     }
   }
 
   private async flushAcks(): Promise<void> {
     this.ackScheduled = false;
+    this.transport.ackFlushesScheduled--;
     const buf: [string, string[]][] = [];
     for (const [stream, ids] of this.ackBuf)
       if (ids.length > 0) {
@@ -1121,45 +1335,88 @@ class StreamConsumer implements TransportConsumer {
   /**
    * Claims entries idle for `claimIdleMs` (their consumer died or gave them
    * back), plus, when `own`, this consumer's own pending entries from a previous
-   * life (a restart with the same node id).
+   * life (a restart with the same node id): all of them, page by page, as the
+   * bus has room. Idle entries of others are taken only up to this member's
+   * free slots (a group); what is left is claimed as slots free up.
    */
   async recover(own: boolean): Promise<void> {
     if (this.closed || this.recovering) return;
     this.recovering = true;
+    if (!own) this.idleBacklog = false;
     const t = this.transport;
     try {
       const client = t.requireClient();
       for (const stream of this.streams) {
-        const rows = (
-          own
-            ? await client.xpending(stream, this.group, '-', '+', 1000, this.me)
-            : await client.xpending(stream, this.group, 'IDLE', t.options.claimIdleMs, '-', '+', 200)
-        ) as [string, string, number, number][];
-        let mine: Set<string> | undefined;
-        const take = rows.filter(([id, consumer]) => {
-          if (consumer !== this.me) return true;
-          mine ??= this.inflightIds(stream);
-          return !mine.has(id);
-        });
-        if (take.length === 0) continue;
-        const attempts = new Map(take.map(([id, , , count]) => [id, count + 1]));
-        const ids = take.map(([id]) => id);
-        const claimed = (await send(
-          client,
-          'xclaim',
-          [stream, this.group, this.me, own ? 0 : t.options.claimIdleMs, ...ids],
-          stream,
-          true,
-        )) as RawEntry[];
-        this.noteDeleted(stream, ids, claimed);
-        t.counters.claimed += claimed.length;
-        if (claimed.length > 0) this.handleRead([[Buffer.from(stream), claimed]], attempts);
+        if (own) await this.recoverOwn(client, stream);
+        else await this.claimIdle(client, stream);
       }
     } catch (err) {
       if (!this.closed && !/NOGROUP/.test((err as Error).message)) t.throttledError(err as Error);
     } finally {
       this.recovering = false;
     }
+  }
+
+  /** This consumer's own pending entries of `stream`, every page of XPENDING. */
+  private async recoverOwn(client: RedisClient, stream: string): Promise<void> {
+    let start = '-';
+    while (!this.closed) {
+      // flow control: a page no larger than the bus takes now
+      while (!this.closed && this.sink.capacity() <= 0) await this.sink.ready();
+      const page = Math.max(1, Math.min(OWN_PAGE, this.sink.capacity()));
+      const rows = (await client.xpending(stream, this.group, start, '+', page, this.me)) as PendingRow[];
+      if (rows.length === 0) return;
+      await this.claimRows(client, stream, rows, true);
+      if (rows.length < page) return;
+      start = `(${rows[rows.length - 1]![0]}`;
+    }
+  }
+
+  /** Entries of `stream` idle past `claimIdleMs`, up to this member's free slots. */
+  private async claimIdle(client: RedisClient, stream: string): Promise<void> {
+    const t = this.transport;
+    const rows = (await client.xpending(
+      stream,
+      this.group,
+      'IDLE',
+      t.options.claimIdleMs,
+      '-',
+      '+',
+      IDLE_PAGE,
+    )) as PendingRow[];
+    let mine: Set<string> | undefined;
+    let take = rows.filter(([id, consumer]) => {
+      if (consumer !== this.me) return true;
+      mine ??= this.inflightIds(stream);
+      return !mine.has(id);
+    });
+    const free = this.free();
+    if (take.length > free) take = take.slice(0, Math.max(0, free));
+    // more than this member takes now: the read loop claims more as its slots free up
+    if (take.length < rows.length || rows.length === IDLE_PAGE) this.idleBacklog = true;
+    await this.claimRows(client, stream, take, false);
+  }
+
+  private async claimRows(
+    client: RedisClient,
+    stream: string,
+    take: PendingRow[],
+    own: boolean,
+  ): Promise<void> {
+    if (take.length === 0 || this.closed) return;
+    const t = this.transport;
+    const attempts = new Map(take.map(([id, , , count]) => [id, count + 1]));
+    const ids = take.map(([id]) => id);
+    const claimed = (await send(
+      client,
+      'xclaim',
+      [stream, this.group, this.me, own ? 0 : t.options.claimIdleMs, ...ids],
+      stream,
+      true,
+    )) as RawEntry[];
+    this.noteDeleted(stream, ids, claimed);
+    t.counters.claimed += claimed.length;
+    if (claimed.length > 0) this.handleRead([[Buffer.from(stream), claimed]], attempts);
   }
 
   private inflightIds(stream: string): Set<string> {
@@ -1238,9 +1495,12 @@ class StreamConsumer implements TransportConsumer {
     for (const timer of this.timers) clearInterval(timer);
     this.timers = [];
     for (const w of this.resumeWaiters.splice(0)) w();
+    for (const w of this.slotWaiters.splice(0)) w();
+    this.wake();
     for (const r of this.readers) r.disconnect();
+    for (const cmd of this.reads) cmd.cancel(new ClosedError('consumer closed'));
     await Promise.allSettled(this.loops);
-    await this.ackFlushing;
+    // acks still to come (handlers finishing) are flushed by the transport's close()
     this.transport.forget(this);
     if (options.leave) {
       const client = this.transport.client;

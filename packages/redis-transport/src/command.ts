@@ -25,6 +25,7 @@ import type { Cluster, Command, Redis } from 'ioredis';
 export type Arg = string | Buffer | number;
 
 const EMPTY: Arg[] = [];
+const PING = '*1\r\n$4\r\nPING\r\n';
 
 /** Commands of only strings below this many argument bytes are written as one string. */
 const STRING_UP_TO = 1024;
@@ -96,6 +97,10 @@ export class LeanCommand {
   rej!: (e: Error) => void;
   private timer: NodeJS.Timeout | undefined;
   private slot: number | null | undefined;
+  /** Set once ioredis wrote it to a socket (after a reconnect it may write it again). */
+  written = false;
+  /** Given up on (`cancel`): if ioredis still writes it, a PING goes out instead. */
+  private cancelled = false;
 
   /** `name` in lower case, as ioredis's command table has it. */
   constructor(name: string, args: Arg[], key: string | Buffer | undefined, buffers: boolean) {
@@ -128,6 +133,9 @@ export class LeanCommand {
    * string with `+=` and having the socket encode it copied every frame twice.
    */
   toWritable(_socket?: unknown): string | Buffer {
+    // ioredis expects one reply per command it writes: a cancelled one asks for a PONG
+    if (this.cancelled) return PING;
+    this.written = true;
     const args = this.args;
     const n = args.length;
     if (lens.length < n) lens = new Int32Array(n * 2);
@@ -160,6 +168,20 @@ export class LeanCommand {
       buf[o++] = 10;
     }
     return buf.subarray(0, o);
+  }
+
+  /**
+   * Gives up on the command: rejects it with `err` now and, if ioredis has not
+   * written it yet (it waits in the offline queue for a reconnect), makes sure
+   * it never is (a PING takes its place, and a resend after a reconnect is a
+   * PING too). Returns true when Redis never saw it, false when it was written
+   * and may still be applied.
+   */
+  cancel(err: Error): boolean {
+    this.cancelled = true;
+    const unseen = !this.written;
+    this.reject(err);
+    return unseen;
   }
 
   /** ioredis `commandTimeout`: reject if Redis has not answered in `ms`. */
@@ -222,7 +244,11 @@ export function send(
   key: string | undefined,
   buffers = false,
 ): Promise<unknown> {
-  const cmd = new LeanCommand(name, args, key, buffers);
+  return dispatch(client, new LeanCommand(name, args, key, buffers));
+}
+
+/** Sends a LeanCommand the caller keeps (to `cancel` it, say); resolves with its reply. */
+export function dispatch(client: Redis | Cluster, cmd: LeanCommand): Promise<unknown> {
   // ioredis takes any object with Command's shape; its typings name the class
   void client.sendCommand(cmd as unknown as Command);
   return cmd.promise;

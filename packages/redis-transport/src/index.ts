@@ -1,7 +1,7 @@
 export { groupName, Keys } from './keys.js';
 export { type RedisTransportOptions, resolveOptions } from './options.js';
 export { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
-export { RedisPubSubTransport } from './RedisPubSubTransport.js';
+export { GAP_REPORT_MS, RedisPubSubTransport, type SubscriberGap } from './RedisPubSubTransport.js';
 export { compareIds, type RedisClient, RedisStreamsTransport } from './RedisStreamsTransport.js';
 export { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
 

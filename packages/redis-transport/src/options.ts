@@ -56,6 +56,22 @@ export interface RedisTransportOptions {
   blockMs?: number;
   /** Publishes waiting for Redis before `publish` waits or fails (per `onFull`). Default 20,000 events. */
   maxPendingPublishes?: number;
+  /**
+   * How long `publish` waits for Redis to confirm the write before it rejects
+   * with a `TimeoutError` (code `TIMEOUT`). `details.stored` says what is known:
+   * `none` (nothing was sent: it never will be), `unknown` (sent, no answer:
+   * Redis may still apply it; each chunk of up to 256 events is one atomic
+   * script, never half-written) or `partial` (some chunks of a batch were
+   * confirmed). A publish first waiting for room (`maxPendingPublishes`) waits
+   * at most this long for it too. Default 5,000 ms.
+   */
+  publishTimeoutMs?: number;
+  /**
+   * How long `close()` without a timeout of its own flushes acks and publishes
+   * before it drops the connections (`bus.stop()` passes what is left of its
+   * `shutdownTimeoutMs` instead). Default 5,000 ms.
+   */
+  closeTimeoutMs?: number;
   /** ioredis auto-pipelining (helps PUBLISH throughput, raises p99; measure). Default false. */
   enableAutoPipelining?: boolean;
   /** Extra ioredis options. */
@@ -78,6 +94,8 @@ export interface ResolvedOptions {
   readCount: number;
   blockMs: number;
   maxPendingPublishes: number;
+  publishTimeoutMs: number;
+  closeTimeoutMs: number;
 }
 
 function posInt(setting: string, v: unknown, min = 1): number | undefined {
@@ -191,5 +209,7 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
     readCount: posInt('readCount', o.readCount) ?? 500,
     blockMs: posInt('blockMs', o.blockMs, 10) ?? 1000,
     maxPendingPublishes: posInt('maxPendingPublishes', o.maxPendingPublishes) ?? 20_000,
+    publishTimeoutMs: posInt('publishTimeoutMs', o.publishTimeoutMs) ?? 5000,
+    closeTimeoutMs: posInt('closeTimeoutMs', o.closeTimeoutMs, 0) ?? 5000,
   };
 }

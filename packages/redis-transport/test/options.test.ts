@@ -20,6 +20,8 @@ describe('resolveOptions', () => {
     expect(o.redis.host).toBe('127.0.0.1');
     expect(o.partitions).toBe(1);
     expect(o.retainUnread).toBe(o.maxLen);
+    expect(o.publishTimeoutMs).toBe(5000);
+    expect(o.closeTimeoutMs).toBe(5000);
   });
 
   it('rejects bad settings with a ConfigError naming the setting', () => {
@@ -31,6 +33,8 @@ describe('resolveOptions', () => {
     rejects({ partitions: 0 }, 'partitions');
     rejects({ maxLen: 1.5 }, 'maxLen');
     rejects({ cluster: { nodes: [] } }, 'cluster.nodes');
+    rejects({ publishTimeoutMs: 0 }, 'publishTimeoutMs');
+    rejects({ closeTimeoutMs: -1 }, 'closeTimeoutMs');
   });
 
   it('refuses an ioredis keyPrefix, which the transport would apply to only some of its commands', () => {
