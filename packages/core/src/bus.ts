@@ -1609,6 +1609,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   /** Recent events from the transport's history (spec 001), oldest first. */
   async getRecentEvents(query: HistoryQuery = {}): Promise<AgentEvent[]> {
+    assertKnownKeys(query, ['pattern', 'limit', 'since'], '', {}, 'validation');
     if (query.pattern !== undefined) validatePattern(query.pattern);
     checkNonNegInt('limit', query.limit, false);
     if (query.since !== undefined && (typeof query.since !== 'number' || !Number.isFinite(query.since)))
@@ -1620,6 +1621,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   /** Replays stored events (spec 004 event store) in publish order to `onEvent`. */
   async replay(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number> {
+    assertKnownKeys(query, ['pattern', 'from', 'to', 'fromId', 'toId', 'limit'], '', {}, 'validation');
     if (query.pattern !== undefined) validatePattern(query.pattern);
     if (!this.transport.replay) throw new UnsupportedError(`transport ${this.transport.name} cannot replay`);
     return this.transport.replay(query, onEvent);

@@ -3,6 +3,8 @@ import {
   type AgentEvent,
   ConfigError,
   ErrorCodes,
+  MemoryBroker,
+  MemoryTransport,
   type Middleware,
   QEEventBus,
   type QEEventBusConfig,
@@ -124,5 +126,26 @@ describe('settings that used to be ignored (issue 14, item 7)', () => {
     expect(thrown(() => bus.subscribe('a.*', () => {}, { startFrom: 'latest' as 'new' }))).toMatchObject({
       field: 'startFrom',
     });
+  });
+
+  it('the memory transport refuses settings it would ignore: broker options next to a shared broker, unknown keys', () => {
+    const broker = new MemoryBroker();
+    expect(thrown(() => new MemoryTransport({ broker, historySize: 50 }))).toMatchObject({
+      code: 'CONFIG',
+      setting: 'historySize',
+    });
+    expect(thrown(() => new MemoryTransport({ historysize: 50 } as never))).toMatchObject({
+      setting: 'historysize',
+    });
+    expect(thrown(() => new MemoryBroker({ historySize: -1 }))).toMatchObject({ setting: 'historySize' });
+  });
+
+  it('history and replay queries refuse unknown keys instead of returning everything', async () => {
+    const bus = await makeBus();
+    await expect(bus.getRecentEvents({ type: 'a.b' } as never)).rejects.toMatchObject({
+      code: 'VALIDATION',
+      field: 'type',
+    });
+    await expect(bus.replay({ since: 0 } as never, () => {})).rejects.toMatchObject({ field: 'since' });
   });
 });
