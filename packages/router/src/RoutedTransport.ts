@@ -317,8 +317,10 @@ export class RoutedTransport implements Transport {
     this.connected = false;
     if (this.refresher) clearInterval(this.refresher);
     const consumers = [...this.consumers];
-    await Promise.all(consumers.map((c) => c.close()));
-    await Promise.all(consumers.map((c) => c.finish()));
+    // a failed handover is reported, not thrown: inner must close whatever Redis does
+    const report = (e: unknown) => this.onError(e instanceof Error ? e : new Error(String(e)));
+    await Promise.all(consumers.map((c) => c.close().catch(report)));
+    await Promise.all(consumers.map((c) => c.finish().catch(report)));
     await this.options.inner.close();
   }
 
@@ -354,11 +356,14 @@ export class RoutedTransport implements Transport {
     const pipe = this.redis.pipeline();
     if (readVersion) pipe.get(this.key('version'));
     const t = String(epochNow());
-    const scripted: { group: string; assigned: number }[] = [];
+    // where each group's script reply will be among the pipeline's replies
+    const scripted: { group: string; assigned: number; reply: number }[] = [];
+    let queued = readVersion ? 1 : 0;
     let held = 0;
     for (const [g, plan] of plans) {
       for (const e of plan.held)
         pipe.xadd(this.key('pending', g), '*', 'e', this.serializer.encodeWire(e), 't', t, 'a', '1');
+      queued += plan.held.length;
       held += plan.held.length;
       if (plan.held.length > 0) this.warnHolding(g, 'it has no live member');
       if (plan.picks.length === 0) continue;
@@ -384,7 +389,7 @@ export class RoutedTransport implements Transport {
         ...ids,
         ...pairs,
       );
-      scripted.push({ group: g, assigned: plan.picks.length });
+      scripted.push({ group: g, assigned: plan.picks.length, reply: queued++ });
     }
     const res = (await pipe.exec()) ?? [];
     const failed = res.find(([err]) => err);
@@ -393,10 +398,9 @@ export class RoutedTransport implements Transport {
         cause: failed[0],
       });
     const version = readVersion ? (res[0]![1] as string | null) : undefined;
-    const scriptReplies = res.slice(res.length - scripted.length);
     this.counters.held += held;
-    scripted.forEach(({ group, assigned }, k) => {
-      const late = Number(scriptReplies[k]![1]); // assigned to a member that had just left
+    scripted.forEach(({ group, assigned, reply }) => {
+      const late = Number(res[reply]![1]); // assigned to a member that had just left
       this.counters.routed += assigned - late;
       if (late > 0) {
         this.counters.held += late;

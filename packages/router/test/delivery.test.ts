@@ -86,6 +86,10 @@ describe('RoutedTransport drops nothing routed to a group', () => {
     const pub = await node(p, 'pub');
     const first = await node(p, 'first');
     await first.bus.subscribe('work.*', () => {}, { group: 'g' }).ready;
+    // another group that keeps its member: one publish routes to it and holds for 'g'
+    const other = await node(p, 'other');
+    let byOther = 0;
+    await other.bus.subscribe('work.*', () => void byOther++, { group: 'other' }).ready;
     await first.bus.stop();
     // wait until the publisher sees the group without a live member
     await waitFor(
@@ -97,8 +101,10 @@ describe('RoutedTransport drops nothing routed to a group', () => {
       'the publisher to see no live member',
       5000,
     );
-    for (let i = 0; i < 5; i++) await pub.bus.publish(work(i));
+    await pub.bus.publishBatch([0, 1, 2, 3, 4].map(work));
     expect(pub.t.counters.held).toBe(5);
+    expect(pub.t.counters.routed).toBe(5);
+    await waitFor(() => byOther === 5, 'the other group’s copies');
     expect(await pub.redis.xlen(pub.t.key('pending', GROUP_KEY))).toBe(5);
     expect(pub.lines.filter((l) => l.level === 'warn' && /holding events/.test(l.message))).toHaveLength(1);
 
