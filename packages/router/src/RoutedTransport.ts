@@ -724,6 +724,8 @@ class InboxConsumer implements TransportConsumer {
   }
 
   private async beat(): Promise<void> {
+    // a beat sent after close()'s ZREM would put a member that left back in the group
+    if (this.closed) return;
     await this.t.redis.zadd(this.t.key('members', this.spec.id), Date.now(), this.t.member);
   }
 
