@@ -874,6 +874,12 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     for (const m of sub.middleware) this.attachMiddleware(m);
 
     let b = this.bindings.get(bindingKey);
+    if (b && o.startFrom !== undefined && o.startFrom !== (b.startFrom ?? 'new'))
+      // one binding, one starting point: the first subscription of a binding chose it
+      throw new ValidationError(
+        'startFrom',
+        `${group === null ? "this bus's broadcast binding" : `group ${group}`} already starts from '${b.startFrom ?? 'new'}'; startFrom applies to the first subscription of a binding`,
+      );
     if (!b) {
       b = this.createBinding(bindingKey, group, o.startFrom, unique);
       this.bindings.set(bindingKey, b);

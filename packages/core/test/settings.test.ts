@@ -126,6 +126,12 @@ describe('settings that used to be ignored (issue 14, item 7)', () => {
     expect(thrown(() => bus.subscribe('a.*', () => {}, { startFrom: 'latest' as 'new' }))).toMatchObject({
       field: 'startFrom',
     });
+    // a second subscription of the same binding cannot choose another starting point: it would be ignored
+    bus.subscribe('b.*', () => {});
+    expect(thrown(() => bus.subscribe('c.*', () => {}, { startFrom: 'earliest' }))).toMatchObject({
+      field: 'startFrom',
+    });
+    bus.subscribe('d.*', () => {}, { startFrom: 'new' });
   });
 
   it('the memory transport refuses settings it would ignore: broker options next to a shared broker, unknown keys', () => {

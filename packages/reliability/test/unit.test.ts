@@ -3,6 +3,7 @@ import {
   type ConsumeContext,
   type ConsumeFn,
   type Delivery,
+  MemoryTransport,
   type Middleware,
   type MiddlewareHost,
   PermanentError,
@@ -18,6 +19,7 @@ import {
   createRateLimiter,
   createRetryMiddleware,
   createTimeoutMiddleware,
+  DeadLetterManager,
   MemoryTokenBuckets,
 } from '../src/index.js';
 
@@ -256,6 +258,9 @@ describe('rate limiter and idempotency (in memory)', () => {
       [() => createTimeoutMiddleware({ timeoutMs: 10, timeout: 5 } as never), 'timeout'],
     ];
     for (const [fn, name] of cases) expect(setting(fn)).toMatchObject({ code: 'CONFIG', setting: name });
+    // a misspelt list option would list everything
+    const dlq = new DeadLetterManager(new MemoryTransport().deadLetters);
+    expect(() => dlq.list({ patern: 'a.*' } as never)).toThrow(expect.objectContaining({ field: 'patern' }));
   });
 
   it('idempotency handles a key once, lets a failed attempt be retried, postpones a concurrent one', async () => {

@@ -210,6 +210,16 @@ describe('routing rules (spec 004)', () => {
     expect(() => rules.addRoutingRule({ pattern: 'x.*', action: { redirect: 'Not A Type' } })).toThrow(
       /not an event type/,
     );
+    // an action is looked at whole: { drop: false } must not drop, two actions must not half-apply
+    expect(() => rules.addRoutingRule({ pattern: 'x.*', action: { drop: false } as never })).toThrow(
+      expect.objectContaining({ code: 'CONFIG', setting: 'rule.action.drop' }),
+    );
+    expect(() =>
+      rules.addRoutingRule({ pattern: 'x.*', action: { redirect: 'a.b', tee: 'c.d' } as never }),
+    ).toThrow(expect.objectContaining({ setting: 'rule.action' }));
+    expect(() =>
+      rules.addRoutingRule({ pattern: 'x.*', action: { drop: true }, where: () => true } as never),
+    ).toThrow(expect.objectContaining({ setting: 'rule.where' }));
     await bus.stop();
   });
 });
