@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { epochNow, toEpoch } from './clock.js';
+import { assertKnownKeys, checkBooleanSetting } from './config.js';
 import {
   ClosedError,
   ConfigError,
@@ -144,6 +145,12 @@ export interface BackpressureConfig {
   shedPriority?: EventPriority;
 }
 
+/**
+ * Spec 000's load-balancer setting. The bus does not read it (a `loadBalancer`
+ * key on `QEEventBusConfig` is a `CONFIG` error); `@qe/router`'s
+ * `strategyFromConfig(config)` turns it into a strategy for `RoutedTransport`
+ * or `MemoryBroker`.
+ */
 export interface LoadBalancerConfig {
   strategy: 'round_robin' | 'least_connections' | 'weighted' | 'hash_based';
   weights?: Map<string, number>;
@@ -183,12 +190,58 @@ export interface QEEventBusConfig {
   /** Set `metadata.source` to the node id on publish when absent (costs a copy per event). Default false. */
   stampSource?: boolean;
   logger?: Logger;
-  /**
-   * Spec 000's load-balancer setting. Within one process the bus balances a
-   * group round-robin; other strategies come from `@qe/router`.
-   */
-  loadBalancer?: LoadBalancerConfig;
 }
+
+/**
+ * The settings `new QEEventBus(...)` reads; any other key is a `CONFIG` error
+ * naming it. Spec 000's keys that belong to other packages say which.
+ */
+export const BUS_CONFIG_KEYS = [
+  'nodeId',
+  'transport',
+  'middleware',
+  'retryAttempts',
+  'retryDelay',
+  'maxRetryDelay',
+  'durableRetryAboveMs',
+  'defaultMaxConcurrency',
+  'backpressure',
+  'shutdownTimeoutMs',
+  'freezeEvents',
+  'stampSource',
+  'logger',
+] as const satisfies readonly (keyof QEEventBusConfig)[];
+
+/** Where spec 000's bus settings live in this project. */
+const SPEC_000_KEYS: Readonly<Record<string, string>> = {
+  redis:
+    'Redis comes from @qe/redis-transport: new QEEventBus({ transport: new RedisStreamsTransport({ url, keyPrefix }) })',
+  loadBalancer:
+    'the bus does not balance groups itself (in one process a group is served round-robin); load-balancing strategies come from @qe/router: new RoutedTransport({ inner, redis, strategy: strategyFromConfig(loadBalancer) }), or new MemoryBroker({ balancer }) in one process',
+  protocols: 'the WebSocket and HTTP endpoints come from @qe/gateway-ws and @qe/gateway-http',
+  performance: 'tune backpressure.maxQueueSize and defaultMaxConcurrency',
+  logging: 'pass a Logger as logger',
+  circuitBreaker: 'use createCircuitBreaker from @qe/reliability as middleware',
+  rateLimiting: 'use createRateLimiter from @qe/reliability as middleware',
+  validation: 'every event is validated by @qe/core; there is nothing to turn on',
+  authentication: 'authentication comes from @qe/gateway-auth',
+};
+
+const SUBSCRIPTION_KEYS = [
+  'group',
+  'filter',
+  'once',
+  'minPriority',
+  'priority',
+  'timeout',
+  'retryAttempts',
+  'retryDelay',
+  'maxRetryDelay',
+  'maxConcurrency',
+  'middleware',
+  'startFrom',
+] as const satisfies readonly (keyof SubscriptionOptions)[];
+const BATCH_SUBSCRIPTION_KEYS = [...SUBSCRIPTION_KEYS, 'batchSize', 'batchTimeoutMs'] as const;
 
 export interface SubscriptionOptions<E = AgentEvent> {
   /** Compete with every subscription of the same group name and patterns, on every bus. */
@@ -358,6 +411,12 @@ function isThenable(x: unknown): x is PromiseLike<unknown> {
   return x !== null && typeof x === 'object' && typeof (x as { then?: unknown }).then === 'function';
 }
 
+/** A middleware attached to this bus, and by how many users (the bus itself, subscriptions). */
+interface Attachment {
+  users: number;
+  detach: (() => void) | undefined;
+}
+
 function checkNonNegInt(field: string, v: unknown, allowZero = true): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < (allowZero ? 0 : 1))
@@ -391,7 +450,10 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   readonly transport: Transport;
   private readonly logger: Logger;
   private readonly middleware: Middleware[] = [];
-  private readonly detachers: (() => void)[] = [];
+  /** Every middleware attached to this bus (bus-wide or per subscription), attached once and detached by its last user. */
+  private readonly attached = new Map<Middleware, Attachment>();
+  /** Set by stop(), which detaches every middleware; a restart attaches them again. */
+  private middlewareDetached = false;
   private publishChain!: PublishFn;
   private readonly publishOptions: PublishOptions;
   private readonly singleCtx: PublishContext;
@@ -445,8 +507,20 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   constructor(config: QEEventBusConfig) {
     super();
     if (config === null || typeof config !== 'object') throw new ConfigError('config', 'must be an object');
+    assertKnownKeys(config, BUS_CONFIG_KEYS, '', SPEC_000_KEYS);
     if (typeof config.nodeId !== 'string' || !/^[A-Za-z0-9_.:-]{1,128}$/.test(config.nodeId))
       throw new ConfigError('nodeId', 'must be 1-128 characters of [A-Za-z0-9_.:-]');
+    assertKnownKeys(config.backpressure, ['maxQueueSize', 'onFull', 'shedPriority'], 'backpressure.');
+    if (config.middleware !== undefined && !Array.isArray(config.middleware))
+      throw new ConfigError('middleware', 'must be an array of middleware');
+    const t = config.transport as Partial<Transport> | undefined;
+    if (t !== undefined && (t === null || typeof t.publish !== 'function' || typeof t.consume !== 'function'))
+      throw new ConfigError('transport', 'must be a Transport (publish, consume, connect, close, ...)');
+    const lg = config.logger as Partial<Logger> | undefined;
+    if (lg !== undefined && (lg === null || typeof lg.error !== 'function' || typeof lg.info !== 'function'))
+      throw new ConfigError('logger', 'must be a Logger (debug, info, warn, error)');
+    checkBooleanSetting('freezeEvents', config.freezeEvents);
+    checkBooleanSetting('stampSource', config.stampSource);
     checkNonNegInt('retryAttempts', config.retryAttempts);
     checkNonNegInt('retryDelay', config.retryDelay);
     checkNonNegInt('maxRetryDelay', config.maxRetryDelay);
@@ -458,14 +532,6 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     const onFull = config.backpressure?.onFull ?? 'wait';
     if (onFull !== 'wait' && onFull !== 'fail')
       throw new ConfigError('backpressure.onFull', `must be 'wait' or 'fail', got ${JSON.stringify(onFull)}`);
-    if (config.loadBalancer !== undefined) {
-      const s = config.loadBalancer.strategy;
-      if (!['round_robin', 'least_connections', 'weighted', 'hash_based'].includes(s))
-        throw new ConfigError(
-          'loadBalancer.strategy',
-          `must be round_robin, least_connections, weighted or hash_based, got ${JSON.stringify(s)}`,
-        );
-    }
     this.nodeId = config.nodeId;
     this.transport = config.transport ?? new MemoryTransport();
     this.logger = config.logger ?? noopLogger;
@@ -486,6 +552,52 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     this.rebuildPublishChain();
   }
 
+  // ---------------------------------------------------------------- middleware attachment
+
+  private attachMiddleware(m: Middleware): void {
+    const a = this.attached.get(m);
+    if (a) {
+      a.users++;
+      return;
+    }
+    const detach = m.attach?.(this as unknown as MiddlewareHost);
+    this.attached.set(m, { users: 1, detach: typeof detach === 'function' ? detach : undefined });
+  }
+
+  private releaseMiddleware(m: Middleware): void {
+    const a = this.attached.get(m);
+    if (!a || --a.users > 0) return;
+    this.attached.delete(m);
+    this.runDetach(m, a);
+  }
+
+  private runDetach(m: Middleware, a: Attachment): void {
+    try {
+      a.detach?.();
+    } catch (err) {
+      this.reportError(
+        new EventBusError('CONFIG', `middleware ${m.name} failed to detach: ${toError(err).message}`, {
+          cause: err,
+        }),
+      );
+    }
+  }
+
+  /** stop(): every middleware is detached (a circuit breaker shuts its breakers down). */
+  private detachAllMiddleware(): void {
+    for (const [m, a] of this.attached) this.runDetach(m, a);
+    this.attached.clear();
+    this.middlewareDetached = true;
+  }
+
+  /** A restart after stop(): attach the bus's middleware and its subscriptions' again. */
+  private reattachMiddleware(): void {
+    if (!this.middlewareDetached) return;
+    this.middlewareDetached = false;
+    for (const m of this.middleware) this.attachMiddleware(m);
+    for (const s of this.subs.values()) for (const m of s.middleware) this.attachMiddleware(m);
+  }
+
   // ---------------------------------------------------------------- lifecycle
 
   /** Connects the transport and opens consumers for subscriptions made so far. Idempotent. */
@@ -494,6 +606,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     if (this.state === 'starting') throw new EventBusError('CONFIG', 'start() is already in progress');
     if (this.state === 'stopping') throw new ClosedError('the bus is stopping');
     this.state = 'starting';
+    this.reattachMiddleware();
     try {
       await this.transport.connect({
         nodeId: this.nodeId,
@@ -529,6 +642,9 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
    * state (its broadcast consumer group) for good.
    */
   async stop(options: { leave?: boolean } = {}): Promise<void> {
+    assertKnownKeys(options, ['leave'], '', {}, 'validation');
+    if (options.leave !== undefined && typeof options.leave !== 'boolean')
+      throw new ValidationError('leave', 'must be true or false');
     if (this.state !== 'running') {
       if (this.state === 'idle') this.state = 'stopped';
       return;
@@ -568,6 +684,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     if (this.sampler) clearInterval(this.sampler);
     this.sampler = null;
     for (const s of this.subs.values()) if (s.batch?.timer) clearTimeout(s.batch.timer);
+    this.detachAllMiddleware();
     try {
       // a transport that does not honour timeoutMs (or wraps one that does not) is not waited for past it
       const timeoutMs = Math.max(0, deadline - Date.now());
@@ -612,8 +729,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     if (m === null || typeof m !== 'object' || typeof m.name !== 'string')
       throw new ValidationError('middleware', 'must be an object with a name');
     this.middleware.push(m);
-    const detach = m.attach?.(this as unknown as MiddlewareHost);
-    if (typeof detach === 'function') this.detachers.push(detach);
+    this.attachMiddleware(m);
   }
 
   private rebuildPublishChain(): void {
@@ -698,6 +814,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     options: SubscriptionOptions<EventFor<M, P>> = {},
   ): Unsubscribe {
     if (typeof handler !== 'function') throw new ValidationError('handler', 'must be a function');
+    assertKnownKeys(options, SUBSCRIPTION_KEYS, '', {}, 'validation');
     return this.addSubscription(pattern, handler as EventHandler, options as SubscriptionOptions, null);
   }
 
@@ -708,6 +825,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     options: BatchSubscriptionOptions<EventFor<M, P>> = {},
   ): Unsubscribe {
     if (typeof handler !== 'function') throw new ValidationError('handler', 'must be a function');
+    assertKnownKeys(options, BATCH_SUBSCRIPTION_KEYS, '', {}, 'validation');
     checkNonNegInt('batchSize', options.batchSize, false);
     checkNonNegInt('batchTimeoutMs', options.batchTimeoutMs);
     return this.addSubscription(pattern, handler as BatchEventHandler, options as SubscriptionOptions, {
@@ -740,8 +858,23 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     checkNonNegInt('retryDelay', o.retryDelay);
     checkNonNegInt('maxRetryDelay', o.maxRetryDelay);
     checkNonNegInt('maxConcurrency', o.maxConcurrency, false);
+    if (o.once !== undefined && typeof o.once !== 'boolean')
+      throw new ValidationError('once', 'must be true or false');
+    if (o.startFrom !== undefined && o.startFrom !== 'new' && o.startFrom !== 'earliest')
+      throw new ValidationError('startFrom', "must be 'new' or 'earliest'");
     if (o.middleware !== undefined && !Array.isArray(o.middleware))
       throw new ValidationError('middleware', 'must be an array');
+    for (const [i, m] of (o.middleware ?? []).entries()) {
+      if (m === null || typeof m !== 'object' || typeof m.name !== 'string')
+        throw new ValidationError(`middleware[${i}]`, 'must be an object with a name');
+      // a subscription's middleware only wraps its handler: one without the matching hook would do nothing
+      const hook = batch ? 'consumeBatch' : 'consume';
+      if (typeof m[hook] !== 'function')
+        throw new ValidationError(
+          `middleware[${i}]`,
+          `${m.name} has no ${hook}(), so it would do nothing on this subscription${batch ? ' (a batch subscription)' : ''}; add it with bus.use() for publish-side middleware`,
+        );
+    }
 
     const group = o.group ?? null;
     const bindingKey = group === null ? 'broadcast' : `group:${group}:${[...unique].sort().join(',')}`;
@@ -768,8 +901,15 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     if (batch) sub.batch = { ...batch, buf: [], timer: null };
     this.composeSub(sub);
     this.subs.set(id, sub);
+    for (const m of sub.middleware) this.attachMiddleware(m);
 
     let b = this.bindings.get(bindingKey);
+    if (b && o.startFrom !== undefined && o.startFrom !== (b.startFrom ?? 'new'))
+      // one binding, one starting point: the first subscription of a binding chose it
+      throw new ValidationError(
+        'startFrom',
+        `${group === null ? "this bus's broadcast binding" : `group ${group}`} already starts from '${b.startFrom ?? 'new'}'; startFrom applies to the first subscription of a binding`,
+      );
     if (!b) {
       b = this.createBinding(bindingKey, group, o.startFrom, unique);
       this.bindings.set(bindingKey, b);
@@ -878,13 +1018,24 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     return b.opening;
   }
 
-  /** Removes a subscription. Returns true if it existed. Queued events for it are released. */
-  unsubscribe(id: string): boolean {
+  /**
+   * Removes a subscription, by id or by the function `subscribe` returned.
+   * Returns true if it existed. Queued events for it are released; its own
+   * middleware is detached once no other subscription of this bus uses it.
+   */
+  unsubscribe(subscription: string | Unsubscribe): boolean {
+    const id = typeof subscription === 'function' ? subscription.id : subscription;
+    if (typeof id !== 'string')
+      throw new ValidationError(
+        'subscription',
+        'must be a subscription id or the function subscribe returned',
+      );
     const s = this.subs.get(id);
     if (!s) return false;
     this.subs.delete(id);
     s.closed = true;
     this.detach(s);
+    if (!this.middlewareDetached) for (const m of s.middleware) this.releaseMiddleware(m);
     if (s.parked) for (const t of s.parked.drain()) this.release(t);
     if (s.batch) {
       if (s.batch.timer) clearTimeout(s.batch.timer);
@@ -920,8 +1071,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   }
 
   /** Stops delivery to a subscription; events wait (nothing is lost on a durable transport). */
-  pause(id: string): boolean {
-    const s = this.subs.get(id);
+  pause(subscription: string | Unsubscribe): boolean {
+    const s = this.subs.get(typeof subscription === 'function' ? subscription.id : subscription);
     if (!s) return false;
     s.paused = true;
     const b = this.bindings.get(s.bindingKey);
@@ -929,8 +1080,8 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     return true;
   }
 
-  resume(id: string): boolean {
-    const s = this.subs.get(id);
+  resume(subscription: string | Unsubscribe): boolean {
+    const s = this.subs.get(typeof subscription === 'function' ? subscription.id : subscription);
     if (!s) return false;
     if (!s.paused) return true;
     s.paused = false;
@@ -1500,6 +1651,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   /** Recent events from the transport's history (spec 001), oldest first. */
   async getRecentEvents(query: HistoryQuery = {}): Promise<AgentEvent[]> {
+    assertKnownKeys(query, ['pattern', 'limit', 'since'], '', {}, 'validation');
     if (query.pattern !== undefined) validatePattern(query.pattern);
     checkNonNegInt('limit', query.limit, false);
     if (query.since !== undefined && (typeof query.since !== 'number' || !Number.isFinite(query.since)))
@@ -1511,6 +1663,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   /** Replays stored events (spec 004 event store) in publish order to `onEvent`. */
   async replay(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number> {
+    assertKnownKeys(query, ['pattern', 'from', 'to', 'fromId', 'toId', 'limit'], '', {}, 'validation');
     if (query.pattern !== undefined) validatePattern(query.pattern);
     if (!this.transport.replay) throw new UnsupportedError(`transport ${this.transport.name} cannot replay`);
     return this.transport.replay(query, onEvent);

@@ -4,6 +4,7 @@ export * from './bus.js';
 export * from './catalogue.js';
 export * from './clock.js';
 export * from './codec/codec.js';
+export * from './config.js';
 export * from './errors.js';
 export * from './event.js';
 export * from './histogram.js';

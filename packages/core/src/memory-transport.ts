@@ -1,6 +1,7 @@
 import { createRoundRobinBalancer, type GroupBalancer, type GroupMember } from './balancer.js';
 import { epochNow } from './clock.js';
-import { ClosedError, NotConnectedError, QueueFullError, ValidationError } from './errors.js';
+import { assertKnownKeys, checkIntSetting } from './config.js';
+import { ClosedError, ConfigError, NotConnectedError, QueueFullError, ValidationError } from './errors.js';
 import type { AgentEvent, EventMetadata } from './event.js';
 import { noopLogger } from './logger.js';
 import { compilePattern, PatternIndex, validatePattern } from './pattern.js';
@@ -38,6 +39,8 @@ export interface MemoryBrokerOptions {
   /** Events buffered for a paused broadcast consumer before publishers feel backpressure. Default 100,000. */
   maxPausedBacklog?: number;
 }
+
+const BROKER_KEYS = ['historySize', 'maxDeadLetters', 'balancer', 'maxPausedBacklog'] as const;
 
 interface HistoryEntry {
   event: AgentEvent;
@@ -185,6 +188,12 @@ export class MemoryBroker {
   readonly counters = { published: 0, delivered: 0, acked: 0, redelivered: 0, deadLettered: 0 };
 
   constructor(options: MemoryBrokerOptions = {}) {
+    assertKnownKeys(options, BROKER_KEYS);
+    checkIntSetting('historySize', options.historySize, 0);
+    checkIntSetting('maxDeadLetters', options.maxDeadLetters, 1);
+    checkIntSetting('maxPausedBacklog', options.maxPausedBacklog, 1);
+    if (options.balancer !== undefined && typeof options.balancer?.pick !== 'function')
+      throw new ConfigError('balancer', 'must be a GroupBalancer (pick)');
     this.historySize = Math.max(0, options.historySize ?? 1_000);
     this.history = new Array(this.historySize);
     this.balancer = options.balancer ?? createRoundRobinBalancer();
@@ -551,7 +560,16 @@ export class MemoryTransport implements Transport {
   private logger = noopLogger;
 
   constructor(options: MemoryTransportOptions = {}) {
-    this.broker = options.broker ?? new MemoryBroker(options);
+    assertKnownKeys(options, ['broker', ...BROKER_KEYS]);
+    const { broker, ...brokerOptions } = options;
+    if (broker !== undefined) {
+      // a shared broker has its settings already: these would be ignored
+      const ignored = Object.keys(brokerOptions)[0];
+      if (ignored !== undefined)
+        throw new ConfigError(ignored, 'set it on the MemoryBroker you pass as broker; it is ignored here');
+      if (!(broker instanceof MemoryBroker)) throw new ConfigError('broker', 'must be a MemoryBroker');
+    }
+    this.broker = broker ?? new MemoryBroker(brokerOptions);
   }
 
   get deadLetters(): DeadLetterStore {

@@ -18,6 +18,18 @@ export function isValidEventType(type: unknown): type is string {
   );
 }
 
+/** The envelope's top-level keys (SEMANTICS.md); any other is a `VALIDATION` error naming it. */
+export const EVENT_KEYS: ReadonlySet<string> = new Set([
+  'id',
+  'type',
+  'agentId',
+  'swarmId',
+  'timestamp',
+  'priority',
+  'data',
+  'metadata',
+]);
+
 function fail(prefix: string, field: string, message: string): never {
   throw new ValidationError(prefix + field, message);
 }
@@ -26,7 +38,9 @@ function fail(prefix: string, field: string, message: string): never {
  * Checks an event (or event input) and returns the complete event: `id`,
  * `timestamp` and `priority` are filled in when absent, `metadata.source` is
  * set to `source` when given and absent. Throws `ValidationError` naming the
- * first bad field (`events[3].type` inside a batch).
+ * first bad field (`events[3].type` inside a batch). A top-level key that is not
+ * part of the envelope is refused the same way (`VALIDATION` naming it), so an
+ * extra key neither survives nor vanishes depending on whether `id` was given.
  *
  * Returns the same object when nothing needed filling in, so validation costs
  * no allocation on the hot path.
@@ -61,6 +75,9 @@ export function normalizeEvent(input: unknown, source?: string, prefix = ''): Ag
   if (!('data' in e) || e.data === undefined) fail(prefix, 'data', 'is required (use null for no payload)');
   const md = e.metadata;
   if (md !== undefined) validateMetadata(md, prefix);
+  // one rule whether or not the bus fills `id`: a key the envelope does not have is refused, never kept or dropped
+  for (const k in e)
+    if (!EVENT_KEYS.has(k)) fail(prefix, k, `is not an event field (${[...EVENT_KEYS].join(', ')})`);
 
   const needsFill =
     id === undefined ||

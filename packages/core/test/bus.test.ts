@@ -50,9 +50,6 @@ describe('QEEventBus lifecycle and publishing', () => {
     expect(() => new QEEventBus({ nodeId: 'ok', backpressure: { onFull: 'maybe' as 'wait' } })).toThrow(
       /backpressure.onFull/,
     );
-    expect(
-      () => new QEEventBus({ nodeId: 'ok', loadBalancer: { strategy: 'random' as 'weighted' } }),
-    ).toThrow(/loadBalancer.strategy/);
     expect(() => new QEEventBus({ nodeId: 'ok', retryAttempts: -1 })).toThrow(/retryAttempts/);
   });
 

@@ -1,6 +1,8 @@
 import {
+  assertKnownKeys,
   ConfigError,
   type ConsumeFn,
+  checkIntSetting,
   EventPriority,
   type Middleware,
   QueueFullError,
@@ -23,7 +25,7 @@ export interface BulkheadOptions {
   overflow?: 'wait' | 'retry-later' | 'fail' | 'shed';
   /** With `overflow: 'shed'`, the most urgent priority that may be shed. Default `EventPriority.LOW` (LOW and BULK). */
   shedPriority?: EventPriority;
-  /** How long a waiting event is postponed before it tries again, ms. Default 100. */
+  /** How long a waiting event is postponed before it tries again, ms (an integer >= 1). Default 100. */
   retryLaterMs?: number;
 }
 
@@ -41,6 +43,7 @@ export interface BulkheadStats {
  * Waiters are served in arrival order.
  */
 export function createBulkhead(options: BulkheadOptions): Middleware & { stats(): BulkheadStats } {
+  assertKnownKeys(options ?? {}, ['maxConcurrent', 'maxQueue', 'overflow', 'shedPriority', 'retryLaterMs']);
   if (!Number.isInteger(options?.maxConcurrent) || options.maxConcurrent < 1)
     throw new ConfigError('maxConcurrent', 'must be an integer >= 1');
   const maxQueue = options.maxQueue ?? 0;
@@ -52,6 +55,9 @@ export function createBulkhead(options: BulkheadOptions): Middleware & { stats()
   const shedFrom = options.shedPriority ?? EventPriority.LOW;
   if (!Number.isInteger(shedFrom) || shedFrom < 0 || shedFrom > 4)
     throw new ConfigError('shedPriority', 'must be an EventPriority (0-4)');
+  // 0 would hand a postponed event straight back, spinning while the bulkhead is full
+  checkIntSetting('retryLaterMs', options.retryLaterMs, 1);
+  const retryLaterMs = options.retryLaterMs ?? 100;
   const counters: BulkheadStats = { running: 0, queued: 0, rejected: 0, shed: 0, postponed: 0 };
   const waiting: (() => void)[] = [];
   const release = () => {
@@ -79,7 +85,7 @@ export function createBulkhead(options: BulkheadOptions): Middleware & { stats()
               );
             }
             counters.postponed++;
-            throw new RetryLaterError(options.retryLaterMs ?? 100, 'bulkhead full');
+            throw new RetryLaterError(retryLaterMs, 'bulkhead full');
           }
           counters.queued++;
           await new Promise<void>((r) => waiting.push(r)); // the slot is handed over, running unchanged

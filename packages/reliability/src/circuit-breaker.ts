@@ -1,7 +1,10 @@
 import {
+  assertKnownKeys,
   ConfigError,
   type ConsumeContext,
   type ConsumeFn,
+  checkBooleanSetting,
+  checkFunctionSetting,
   type Middleware,
   type MiddlewareHost,
   RetryLaterError,
@@ -39,6 +42,16 @@ export interface CircuitStats {
   closed: number;
 }
 
+const CIRCUIT_BREAKER_KEYS = [
+  'failureThreshold',
+  'recoveryTimeout',
+  'monitoringPeriod',
+  'errorThresholdPercentage',
+  'key',
+  'publishStateChanges',
+  'onStateChange',
+] as const;
+
 /** Event types published on state changes. */
 export const CIRCUIT_EVENTS = {
   open: 'system.circuit.open',
@@ -57,11 +70,24 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
   stats(): CircuitStats[];
   state(key: string): CircuitState | undefined;
 } {
+  assertKnownKeys(options, CIRCUIT_BREAKER_KEYS);
   const failureThreshold = options.failureThreshold ?? 10;
   const recoveryTimeout = options.recoveryTimeout ?? 60_000;
   const monitoringPeriod = options.monitoringPeriod ?? 30_000;
   for (const [k, v] of Object.entries({ failureThreshold, recoveryTimeout, monitoringPeriod }))
     if (!Number.isInteger(v) || v < 1) throw new ConfigError(k, 'must be a positive integer');
+  const errorThresholdPercentage = options.errorThresholdPercentage ?? 50;
+  if (
+    typeof errorThresholdPercentage !== 'number' ||
+    !(errorThresholdPercentage > 0 && errorThresholdPercentage <= 100)
+  )
+    throw new ConfigError(
+      'errorThresholdPercentage',
+      `must be a percentage above 0 and at most 100, got ${String(errorThresholdPercentage)}`,
+    );
+  checkFunctionSetting('key', options.key);
+  checkFunctionSetting('onStateChange', options.onStateChange);
+  checkBooleanSetting('publishStateChanges', options.publishStateChanges);
   const breakers = new Map<
     string,
     {
@@ -86,7 +112,7 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}): Middl
       rollingCountTimeout: monitoringPeriod,
       rollingCountBuckets: 10,
       volumeThreshold: failureThreshold,
-      errorThresholdPercentage: options.errorThresholdPercentage ?? 50,
+      errorThresholdPercentage,
     });
     const e = { breaker, openedAt: 0, rejects: 0, transitions: { open: 0, half_open: 0, closed: 0 } };
     entry = e;

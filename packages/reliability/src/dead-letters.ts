@@ -1,4 +1,5 @@
 import {
+  assertKnownKeys,
   type DeadLetter,
   type DeadLetterStore,
   NotFoundError,
@@ -29,6 +30,7 @@ export class DeadLetterManager {
   }
 
   list(options: { pattern?: string; limit?: number; after?: string } = {}): Promise<DeadLetter[]> {
+    assertKnownKeys(options, ['pattern', 'limit', 'after'], '', {}, 'validation');
     if (options.pattern !== undefined) validatePattern(options.pattern);
     if (
       options.limit !== undefined &&

@@ -1,8 +1,11 @@
 import {
   type AgentEvent,
+  assertKnownKeys,
   ConfigError,
   type ConsumeContext,
   type ConsumeFn,
+  checkFunctionSetting,
+  checkIntSetting,
   type Middleware,
   RetryLaterError,
 } from '@qe/core';
@@ -104,10 +107,19 @@ export interface IdempotencyStats {
 export function createIdempotency(
   options: IdempotencyOptions = {},
 ): Middleware & { stats(): IdempotencyStats } {
+  assertKnownKeys(options, ['windowMs', 'key', 'store', 'processingMs', 'busyRetryMs']);
   const windowMs = options.windowMs ?? 600_000;
   const processingMs = options.processingMs ?? 60_000;
   if (!Number.isInteger(windowMs) || windowMs < 1)
     throw new ConfigError('windowMs', 'must be a positive integer');
+  // a claim that expires at once (or never: PX refuses <= 0) would let a concurrent copy run too
+  checkIntSetting('processingMs', options.processingMs, 1);
+  checkIntSetting('busyRetryMs', options.busyRetryMs, 1);
+  checkFunctionSetting('key', options.key);
+  const st = options.store as Partial<IdempotencyStore> | undefined;
+  if (st !== undefined && (typeof st?.claim !== 'function' || typeof st.complete !== 'function'))
+    throw new ConfigError('store', 'must be an IdempotencyStore (claim, complete, release)');
+  const busyRetryMs = options.busyRetryMs ?? 200;
   const store = options.store ?? new MemoryIdempotencyStore();
   const keyOf = options.key ?? ((e: AgentEvent) => e.id);
   const counters: IdempotencyStats = { handled: 0, duplicates: 0, busy: 0 };
@@ -123,7 +135,7 @@ export function createIdempotency(
     }
     if (state === 'busy') {
       counters.busy++;
-      throw new RetryLaterError(options.busyRetryMs ?? 200, `${key} is being handled elsewhere`);
+      throw new RetryLaterError(busyRetryMs, `${key} is being handled elsewhere`);
     }
     let r: unknown;
     try {
@@ -164,7 +176,7 @@ export function createIdempotency(
         }
         if (state === 'busy') {
           counters.busy++;
-          throw new RetryLaterError(options.busyRetryMs ?? 200, `${key} is being handled elsewhere`);
+          throw new RetryLaterError(busyRetryMs, `${key} is being handled elsewhere`);
         }
         try {
           const r = await next(event, ctx);

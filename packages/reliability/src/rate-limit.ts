@@ -1,5 +1,6 @@
 import {
   type AgentEvent,
+  assertKnownKeys,
   ConfigError,
   type ConsumeFn,
   type Middleware,
@@ -111,25 +112,61 @@ export interface RateLimitOptions {
   mode?: 'wait' | 'fail';
   /** Default: buckets in this process. `RedisTokenBuckets` shares them across processes. */
   store?: TokenBucketStore;
+  /**
+   * Where events are charged: `both` (default), `publish` or `consume`. With
+   * `both`, an event this limiter charged when it was published (or when one
+   * subscription consumed it) is not charged again when it is consumed: one
+   * event costs one token. That memory is per limiter instance; processes
+   * sharing `RedisTokenBuckets` should charge on one side only.
+   */
+  on?: 'both' | 'publish' | 'consume';
+  /** Event ids remembered as paid (oldest forgotten first). Default 100,000. */
+  maxTrackedEvents?: number;
 }
+
+const RATE_LIMIT_KEYS = ['windowMs', 'maxEvents', 'key', 'mode', 'store', 'on', 'maxTrackedEvents'] as const;
+const BUCKET_KEYS = ['agentId', 'swarmId', 'type', 'global'] as const;
 
 /**
  * Token-bucket rate limiting, on publish (a publisher over its limit waits or
  * gets `RATE_LIMITED`) and on consume (an event over the limit is postponed
- * without using an attempt, or fails). With `RedisTokenBuckets` every process
- * draws from the same buckets, so together they stay within the limit.
+ * without using an attempt, or fails). One event costs one token: an event
+ * this limiter charged on publish, or for one subscription, passes its other
+ * subscriptions and its redeliveries free. With `RedisTokenBuckets` every
+ * process draws from the same buckets, so together they stay within the limit.
  */
 export function createRateLimiter(options: RateLimitOptions): Middleware {
+  assertKnownKeys(options ?? {}, RATE_LIMIT_KEYS);
   if (!Number.isInteger(options?.windowMs) || options.windowMs < 1)
     throw new ConfigError('windowMs', 'must be a positive integer');
   if (!Number.isInteger(options.maxEvents) || options.maxEvents < 1)
     throw new ConfigError('maxEvents', 'must be a positive integer');
   const mode = options.mode ?? 'wait';
   if (mode !== 'wait' && mode !== 'fail') throw new ConfigError('mode', "must be 'wait' or 'fail'");
+  const k = options.key ?? 'agentId';
+  if (typeof k !== 'function' && !(BUCKET_KEYS as readonly string[]).includes(k))
+    throw new ConfigError(
+      'key',
+      `must be ${BUCKET_KEYS.join(', ')} or a function, got ${JSON.stringify(k)} (a misspelt key would put every event in one bucket)`,
+    );
+  if (options.store !== undefined && typeof (options.store as Partial<TokenBucketStore>)?.take !== 'function')
+    throw new ConfigError('store', 'must be a TokenBucketStore (take)');
+  const on = options.on ?? 'both';
+  if (on !== 'both' && on !== 'publish' && on !== 'consume')
+    throw new ConfigError('on', "must be 'both', 'publish' or 'consume'");
+  const maxTracked = options.maxTrackedEvents ?? 100_000;
+  if (!Number.isInteger(maxTracked) || maxTracked < 1)
+    throw new ConfigError('maxTrackedEvents', 'must be a positive integer');
   const store = options.store ?? new MemoryTokenBuckets();
   const capacity = options.maxEvents;
   const rate = options.maxEvents / options.windowMs;
-  const k = options.key ?? 'agentId';
+  // ids of events this limiter already charged, so a bus that publishes and consumes an event pays once
+  const paid = new Set<string>();
+  const markPaid = (id: string) => {
+    if (paid.has(id)) return;
+    if (paid.size >= maxTracked) paid.delete(paid.values().next().value as string);
+    paid.add(id);
+  };
   const keyOf = (e: AgentEvent): string =>
     typeof k === 'function'
       ? k(e)
@@ -152,26 +189,33 @@ export function createRateLimiter(options: RateLimitOptions): Middleware {
       retryAfterMs,
     );
 
+  const publish = (next: PublishFn): PublishFn => {
+    return async (events, ctx) => {
+      // every publish pays, even of an id seen before: republishing must not get around the limit
+      for (const e of events) {
+        await admit(e, (ms) => {
+          if (mode === 'fail') throw limited(keyOf(e), ms);
+          return sleep(ms);
+        });
+        if (on === 'both') markPaid(e.id);
+      }
+      return next(events, ctx);
+    };
+  };
+  const consume = (next: ConsumeFn): ConsumeFn => {
+    return async (event, ctx) => {
+      if (paid.has(event.id)) return next(event, ctx); // paid on publish, or by another subscription
+      await admit(event, (ms) => {
+        if (mode === 'fail') throw limited(keyOf(event), ms);
+        throw new RetryLaterError(ms, `rate limit for ${keyOf(event)}`);
+      });
+      markPaid(event.id);
+      return next(event, ctx);
+    };
+  };
   return {
     name: 'rate-limit',
-    publish(next: PublishFn): PublishFn {
-      return async (events, ctx) => {
-        for (const e of events)
-          await admit(e, (ms) => {
-            if (mode === 'fail') throw limited(keyOf(e), ms);
-            return sleep(ms);
-          });
-        return next(events, ctx);
-      };
-    },
-    consume(next: ConsumeFn): ConsumeFn {
-      return async (event, ctx) => {
-        await admit(event, (ms) => {
-          if (mode === 'fail') throw limited(keyOf(event), ms);
-          throw new RetryLaterError(ms, `rate limit for ${keyOf(event)}`);
-        });
-        return next(event, ctx);
-      };
-    },
+    ...(on === 'consume' ? {} : { publish }),
+    ...(on === 'publish' ? {} : { consume }),
   };
 }

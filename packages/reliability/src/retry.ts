@@ -1,6 +1,8 @@
 import {
+  assertKnownKeys,
   ConfigError,
   type ConsumeFn,
+  checkFunctionSetting,
   type Middleware,
   type MiddlewareHost,
   PermanentError,
@@ -63,6 +65,17 @@ export interface RetryOptions {
  * made itself, which is 1 for retries done inside this middleware).
  */
 export function createRetryMiddleware(options: RetryOptions = {}): Middleware {
+  assertKnownKeys(options, [
+    'retryAttempts',
+    'retryDelay',
+    'maxRetryDelay',
+    'retryIf',
+    'scheduleAboveMs',
+    'maxTrackedEvents',
+    'onRetry',
+  ]);
+  checkFunctionSetting('retryIf', options.retryIf);
+  checkFunctionSetting('onRetry', options.onRetry);
   const retries = options.retryAttempts ?? 3;
   const base = options.retryDelay ?? 1000;
   const cap = options.maxRetryDelay ?? 30_000;

@@ -1,4 +1,4 @@
-import { ConfigError, type ConsumeFn, type Middleware, TimeoutError } from '@qe/core';
+import { assertKnownKeys, ConfigError, type ConsumeFn, type Middleware, TimeoutError } from '@qe/core';
 
 export interface TimeoutOptions {
   /** Longest a handler call may take (ms). */
@@ -11,6 +11,7 @@ export interface TimeoutOptions {
  * inside the retry middleware so each attempt gets the full budget.
  */
 export function createTimeoutMiddleware(options: TimeoutOptions): Middleware {
+  assertKnownKeys(options ?? {}, ['timeoutMs']);
   if (!Number.isInteger(options?.timeoutMs) || options.timeoutMs <= 0)
     throw new ConfigError('timeoutMs', 'must be a positive integer');
   const ms = options.timeoutMs;

@@ -83,7 +83,14 @@ describe('every middleware composed on a bus over the Redis transport', () => {
 
 describe('long retries of a shared broadcast entry are stored in Redis, not in the bus', () => {
   async function node(nodeId: string, keyPrefix: string) {
-    const transport = new RedisStreamsTransport({ url: URL_, keyPrefix, blockMs: 100, delayedPollMs: 50 });
+    // the attached retry middleware hands exclusive retries back with nack(delay): store those of 200 ms and more too
+    const transport = new RedisStreamsTransport({
+      url: URL_,
+      keyPrefix,
+      blockMs: 100,
+      delayedPollMs: 50,
+      scheduleNackAboveMs: 200,
+    });
     const bus = new QEEventBus({ nodeId, retryAttempts: 0, transport, durableRetryAboveMs: 200 });
     bus.on('error', () => {});
     await bus.start();

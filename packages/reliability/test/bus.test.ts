@@ -5,6 +5,7 @@ import {
   CIRCUIT_EVENTS,
   createCircuitBreaker,
   createIdempotency,
+  createRateLimiter,
   createRetryMiddleware,
   DeadLetterManager,
 } from '../src/index.js';
@@ -121,5 +122,55 @@ describe('reliability on a bus (memory transport)', () => {
     for (let i = 0; i < 4; i++) await b.publish({ ...e });
     await new Promise((r) => setTimeout(r, 50));
     expect(handled).toBe(1);
+  });
+
+  it('a breaker given to one subscription is attached: it publishes its state changes, and unsubscribe shuts it down', async () => {
+    const b = await bus();
+    const circuitEvents: AgentEvent[] = [];
+    b.subscribe('system.circuit.*', (e) => void circuitEvents.push(e));
+    const breaker = createCircuitBreaker({
+      failureThreshold: 2,
+      recoveryTimeout: 200,
+      monitoringPeriod: 10_000,
+    });
+    let calls = 0;
+    const unsubscribe = b.subscribe(
+      'svc.*',
+      () => {
+        if (++calls <= 2) throw new Error('down'); // two failures open it; the trial after 200 ms succeeds
+      },
+      { middleware: [breaker], retryAttempts: 5, retryDelay: 1, maxRetryDelay: 1 },
+    );
+    await b.publish({ type: 'svc.call', agentId: 'a', data: {} });
+    await waitFor(() => circuitEvents.length === 1, 'the open event of a per-subscription breaker');
+    expect(circuitEvents[0]).toMatchObject({ type: CIRCUIT_EVENTS.open, agentId: b.nodeId });
+    expect(breaker.stats()).toHaveLength(1);
+    expect(b.unsubscribe(unsubscribe)).toBe(true);
+    expect(breaker.stats()).toEqual([]); // detached: its opossum breakers are shut down
+  });
+
+  it('a rate limiter on a bus that publishes and consumes charges each event once: maxEvents 5 admits 5', async () => {
+    const b = await bus();
+    b.use(createRateLimiter({ windowMs: 3_600_000, maxEvents: 5, mode: 'fail' }));
+    const handled: number[][] = [[], []];
+    for (const list of handled) b.subscribe('quota.*', (e) => void list.push((e.data as { i: number }).i));
+    for (let i = 0; i < 5; i++) {
+      await b.publish({ type: 'quota.use', agentId: 'tenant-1', data: { i } });
+      // each event reaches both subscriptions before the next is published, so a consume charge would show
+      await waitFor(
+        () => handled.every((l) => l.length === i + 1),
+        `event ${i} handled by both subscriptions`,
+      );
+    }
+    expect(handled).toEqual([
+      [0, 1, 2, 3, 4],
+      [0, 1, 2, 3, 4],
+    ]);
+    expect(await b.deadLetters!.count()).toBe(0);
+    await expect(b.publish({ type: 'quota.use', agentId: 'tenant-1', data: { i: 5 } })).rejects.toMatchObject(
+      {
+        code: 'RATE_LIMITED',
+      },
+    );
   });
 });

@@ -3,6 +3,7 @@ import {
   type ConsumeContext,
   type ConsumeFn,
   type Delivery,
+  MemoryTransport,
   type Middleware,
   type MiddlewareHost,
   PermanentError,
@@ -18,6 +19,7 @@ import {
   createRateLimiter,
   createRetryMiddleware,
   createTimeoutMiddleware,
+  DeadLetterManager,
   MemoryTokenBuckets,
 } from '../src/index.js';
 
@@ -222,15 +224,43 @@ describe('rate limiter and idempotency (in memory)', () => {
   });
 
   it('fail mode throws RATE_LIMITED with a retry-after; wait mode postpones the event', async () => {
+    // two events of one agent (a redelivery of the same event would not pay again)
+    const second = { ...event, id: `${event.id}-2` };
     const failing = wrap(createRateLimiter({ windowMs: 60_000, maxEvents: 1, mode: 'fail' }), () => 'ok');
     expect(await failing(event, ctx())).toBe('ok');
-    await expect(Promise.resolve(failing(event, ctx()))).rejects.toMatchObject({
+    await expect(Promise.resolve(failing(second, ctx()))).rejects.toMatchObject({
       code: 'RATE_LIMITED',
       retryAfterMs: expect.any(Number),
     });
     const waiting = wrap(createRateLimiter({ windowMs: 60_000, maxEvents: 1 }), () => 'ok');
     expect(await waiting(event, ctx())).toBe('ok');
-    await expect(Promise.resolve(waiting(event, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+    await expect(Promise.resolve(waiting(second, ctx()))).rejects.toBeInstanceOf(RetryLaterError);
+  });
+
+  it('refuses settings it would otherwise ignore or get wrong, naming them', () => {
+    const setting = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e as { code: string; setting: string };
+      }
+      throw new Error('expected a CONFIG error');
+    };
+    const cases: [() => unknown, string][] = [
+      [() => createRateLimiter({ windowMs: 1000, maxEvents: 5, key: 'agentID' as 'agentId' }), 'key'],
+      [() => createRateLimiter({ windowMs: 1000, maxEvents: 5, perKey: true } as never), 'perKey'],
+      [() => createIdempotency({ processingMs: -1 }), 'processingMs'],
+      [() => createIdempotency({ busyRetryMs: 0 }), 'busyRetryMs'],
+      [() => createCircuitBreaker({ errorThresholdPercentage: 150 }), 'errorThresholdPercentage'],
+      [() => createCircuitBreaker({ enabled: true } as never), 'enabled'],
+      [() => createBulkhead({ maxConcurrent: 1, retryLaterMs: -5 }), 'retryLaterMs'],
+      [() => createRetryMiddleware({ retryAttempt: 3 } as never), 'retryAttempt'],
+      [() => createTimeoutMiddleware({ timeoutMs: 10, timeout: 5 } as never), 'timeout'],
+    ];
+    for (const [fn, name] of cases) expect(setting(fn)).toMatchObject({ code: 'CONFIG', setting: name });
+    // a misspelt list option would list everything
+    const dlq = new DeadLetterManager(new MemoryTransport().deadLetters);
+    expect(() => dlq.list({ patern: 'a.*' } as never)).toThrow(expect.objectContaining({ field: 'patern' }));
   });
 
   it('idempotency handles a key once, lets a failed attempt be retried, postpones a concurrent one', async () => {

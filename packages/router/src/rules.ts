@@ -1,5 +1,6 @@
 import {
   type AgentEvent,
+  assertKnownKeys,
   ConfigError,
   compilePattern,
   type EventPriority,
@@ -74,8 +75,16 @@ export function createRoutingRules(): Middleware & {
     addRoutingRule(rule) {
       if (!rule || typeof rule.pattern !== 'string' || !rule.action)
         throw new ConfigError('rule', 'needs a pattern and an action');
+      assertKnownKeys(rule, ['id', 'pattern', 'when', 'action'], 'rule.');
+      if (rule.when !== undefined && typeof rule.when !== 'function')
+        throw new ConfigError('rule.when', 'must be a function');
       compilePattern(rule.pattern);
       const a = rule.action as Record<string, unknown>;
+      assertKnownKeys(a, ['redirect', 'priority', 'tee', 'drop'], 'rule.action.');
+      // one action per rule; { drop: false } used to drop too (only the key was looked at)
+      if (Object.keys(a).length !== 1)
+        throw new ConfigError('rule.action', 'must be exactly one of redirect, priority, tee or drop');
+      if ('drop' in a && a.drop !== true) throw new ConfigError('rule.action.drop', 'must be true');
       for (const t of [a.redirect, a.tee])
         if (t !== undefined && !/^[a-z0-9_-]+(\.[a-z0-9_-]+)*$/.test(String(t)))
           throw new ConfigError('rule.action', `${JSON.stringify(t)} is not an event type`);

@@ -1,6 +1,9 @@
 import {
   type AgentEvent,
+  assertKnownKeys,
   ConfigError,
+  checkFunctionSetting,
+  checkIntSetting,
   type GroupBalancer,
   type GroupMember,
   type LoadBalancerConfig,
@@ -67,6 +70,9 @@ export function weighted(
   const check = (id: string, w: number) => {
     if (!Number.isFinite(w) || w < 0) throw new ConfigError(`weights.${id}`, 'must be a number >= 0');
   };
+  if (!(weights instanceof Map)) throw new ConfigError('weights', 'must be a Map from member id to weight');
+  if (!Number.isFinite(defaultWeight) || defaultWeight < 0)
+    throw new ConfigError('defaultWeight', 'must be a number >= 0');
   for (const [id, w] of weights) check(id, w);
   const current = new Map<string, number>();
   return {
@@ -119,6 +125,9 @@ function hash32(s: string): number {
 export function hashBased(
   options: { key?: (event: AgentEvent) => string; virtualNodes?: number } = {},
 ): Strategy & { memberFor(key: string, members: readonly GroupMember[]): number } {
+  assertKnownKeys(options, ['key', 'virtualNodes']);
+  checkIntSetting('virtualNodes', options.virtualNodes, 1, 10_000);
+  checkFunctionSetting('key', options.key);
   const vnodes = options.virtualNodes ?? 160;
   const keyOf = options.key ?? ((e: AgentEvent) => e.agentId);
   let ringFor = '';
@@ -154,6 +163,9 @@ export function createStrategy(
   name: StrategyName,
   options: { weights?: Map<string, number> } = {},
 ): Strategy {
+  assertKnownKeys(options, ['weights']);
+  if (options.weights !== undefined && name !== 'weighted')
+    throw new ConfigError('loadBalancer.weights', `only the weighted strategy reads weights, not ${name}`);
   switch (name) {
     case 'round_robin':
       return roundRobin();
@@ -171,11 +183,22 @@ export function createStrategy(
   }
 }
 
+/** Spec 000's `loadBalancer` settings this package has no use for, and what to use instead. */
+const UNSUPPORTED_LB: Readonly<Record<string, string>> = {
+  healthCheckInterval:
+    'members are checked by heartbeat: set RoutedTransport heartbeatMs and memberTtlMs instead',
+  maxConnections:
+    "a member takes what its subscriptions can run: set the subscription's maxConcurrency (and the bus's backpressure.maxQueueSize) instead",
+};
+
 /**
- * The strategy spec 000's `loadBalancer` config asks for (the same object a
- * `QEEventBusConfig` carries): `strategyFromConfig(config.loadBalancer)`.
+ * The strategy spec 000's `loadBalancer` config asks for:
+ * `strategyFromConfig({ strategy: 'weighted', weights })`. `healthCheckInterval`
+ * and `maxConnections` are refused with a `CONFIG` error saying what to set
+ * instead, as is any other key; they used to be accepted and ignored.
  */
 export function strategyFromConfig(lb: LoadBalancerConfig | undefined): Strategy {
   if (lb === undefined) return roundRobin();
+  assertKnownKeys(lb, ['strategy', 'weights'], 'loadBalancer.', UNSUPPORTED_LB);
   return createStrategy(lb.strategy, lb.weights === undefined ? {} : { weights: lb.weights });
 }

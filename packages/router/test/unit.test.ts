@@ -1,11 +1,13 @@
 import { type AgentEvent, MemoryBroker, MemoryTransport, QEEventBus } from '@qe/core';
 import { waitFor } from '@qe/transport-conformance';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import {
   createRoutingRules,
   createStrategy,
   hashBased,
   leastConnections,
+  RoutedTransport,
   roundRobin,
   strategyFromConfig,
   weighted,
@@ -102,6 +104,53 @@ describe('strategies', () => {
     expect(() => createStrategy('random' as 'weighted')).toThrow(/loadBalancer.strategy/);
   });
 
+  it('refuses loadBalancer and strategy settings it would ignore, naming them', () => {
+    const setting = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e as { code: string; setting: string; message: string };
+      }
+      throw new Error('expected a CONFIG error');
+    };
+    expect(
+      setting(() => strategyFromConfig({ strategy: 'round_robin', healthCheckInterval: 5000 })),
+    ).toMatchObject({
+      code: 'CONFIG',
+      setting: 'loadBalancer.healthCheckInterval',
+      message: expect.stringMatching(/heartbeatMs/),
+    });
+    expect(
+      setting(() => strategyFromConfig({ strategy: 'least_connections', maxConnections: 10 })),
+    ).toMatchObject({
+      setting: 'loadBalancer.maxConnections',
+    });
+    expect(
+      setting(() => strategyFromConfig({ strategy: 'hash_based', weights: new Map([['a', 1]]) })),
+    ).toMatchObject({ setting: 'loadBalancer.weights' });
+    expect(setting(() => hashBased({ virtualNodes: 0 }))).toMatchObject({ setting: 'virtualNodes' });
+    expect(setting(() => hashBased({ keyFn: () => 'k' } as never))).toMatchObject({ setting: 'keyFn' });
+  });
+
+  it('RoutedTransport refuses unknown and contradictory options, naming them', () => {
+    const inner = new MemoryTransport();
+    // never connects: the constructor only checks the options
+    const redis = new Redis('redis://127.0.0.1:6379', { lazyConnect: true });
+    const setting = (o: Record<string, unknown>) => {
+      try {
+        new RoutedTransport({ inner, redis, ...o } as never);
+      } catch (e) {
+        return e as { code: string; setting: string };
+      }
+      throw new Error('expected a CONFIG error');
+    };
+    expect(setting({ memberTTL: 5000 })).toMatchObject({ code: 'CONFIG', setting: 'memberTTL' });
+    expect(setting({ heartbeatMs: 1000, memberTtlMs: 500 })).toMatchObject({ setting: 'memberTtlMs' });
+    expect(setting({ heartbeatMs: -1 })).toMatchObject({ setting: 'heartbeatMs' });
+    expect(setting({ lanes: { keyFn: () => 'k' } })).toMatchObject({ setting: 'lanes.keyFn' });
+    expect(setting({ strategy: 'round_robin' })).toMatchObject({ setting: 'strategy' });
+  });
+
   it('plugs into the memory broker: a weighted group across buses in one process', async () => {
     const broker = new MemoryBroker({
       balancer: weighted(
@@ -161,6 +210,16 @@ describe('routing rules (spec 004)', () => {
     expect(() => rules.addRoutingRule({ pattern: 'x.*', action: { redirect: 'Not A Type' } })).toThrow(
       /not an event type/,
     );
+    // an action is looked at whole: { drop: false } must not drop, two actions must not half-apply
+    expect(() => rules.addRoutingRule({ pattern: 'x.*', action: { drop: false } as never })).toThrow(
+      expect.objectContaining({ code: 'CONFIG', setting: 'rule.action.drop' }),
+    );
+    expect(() =>
+      rules.addRoutingRule({ pattern: 'x.*', action: { redirect: 'a.b', tee: 'c.d' } as never }),
+    ).toThrow(expect.objectContaining({ setting: 'rule.action' }));
+    expect(() =>
+      rules.addRoutingRule({ pattern: 'x.*', action: { drop: true }, where: () => true } as never),
+    ).toThrow(expect.objectContaining({ setting: 'rule.where' }));
     await bus.stop();
   });
 });
