@@ -118,7 +118,7 @@ export function instrumentTransport<T extends Transport>(
       return inner.deadLetters;
     },
     connect: (ctx) => inner.connect(ctx),
-    close: () => inner.close(),
+    close: (options?: { timeoutMs?: number }) => inner.close(options),
     isConnected: () => inner.isConnected(),
     async publish(events: readonly AgentEvent[], opts?: PublishOptions) {
       const end = publishSeconds.startTimer(t);

@@ -313,15 +313,38 @@ export class RoutedTransport implements Transport {
    * still unacked here are handed over too (at-least-once: their handlers may
    * have run).
    */
-  async close(): Promise<void> {
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
     this.connected = false;
     if (this.refresher) clearInterval(this.refresher);
     const consumers = [...this.consumers];
     // a failed handover is reported, not thrown: inner must close whatever Redis does
     const report = (e: unknown) => this.onError(e instanceof Error ? e : new Error(String(e)));
-    await Promise.all(consumers.map((c) => c.close().catch(report)));
-    await Promise.all(consumers.map((c) => c.finish().catch(report)));
-    await this.options.inner.close();
+    const handover = (async () => {
+      await Promise.all(consumers.map((c) => c.close().catch(report)));
+      await Promise.all(consumers.map((c) => c.finish().catch(report)));
+    })();
+    const { timeoutMs } = options;
+    if (timeoutMs === undefined) {
+      await handover;
+      return this.options.inner.close();
+    }
+    // the deadline covers the handover and inner's close together: half for the handover at most
+    const started = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      handover.then(() => false),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), Math.floor(timeoutMs / 2));
+      }),
+    ]);
+    clearTimeout(timer);
+    if (late)
+      report(
+        new Error(
+          `router: handing over this node's group entries did not finish within ${Math.floor(timeoutMs / 2)} ms; what was not handed over is redelivered after the members' TTL`,
+        ),
+      );
+    await this.options.inner.close({ timeoutMs: Math.max(1, timeoutMs - (Date.now() - started)) });
   }
 
   /**
@@ -1008,6 +1031,8 @@ class InboxConsumer implements TransportConsumer {
     this.reader?.disconnect();
     const r = this.t.redis;
     this.left = r.zrem(this.t.key('members', this.spec.id), this.t.member).then(() => this.t.bumpVersion());
+    // awaited below, perhaps long after it failed (Redis gone mid-close): mark it handled meanwhile
+    this.left.catch(() => {});
     await this.loop?.catch(() => {});
     // events waiting in lanes never reached the bus: they stay in the inbox and are handed over
     for (const lane of this.lanes.values()) this.outstanding -= lane.queue.length;
