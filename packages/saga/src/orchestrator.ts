@@ -116,6 +116,8 @@ export interface SagaStats {
   staleOutcomes: number;
   /** From a step's first command to its result, ms, per step name. */
   stepDurations: Record<string, HistogramSnapshot>;
+  /** Every step's duration, all steps together. */
+  stepLatency: HistogramSnapshot;
   /** From begin to the end, ms, of sagas that ended on this instance. */
   sagaDurations: HistogramSnapshot;
 }
@@ -164,6 +166,7 @@ export class SagaOrchestrator {
   private running = false;
   private readonly stepHist = new Map<string, LatencyHistogram>();
   private readonly sagaHist = new LatencyHistogram();
+  private readonly allStepsHist = new LatencyHistogram();
   private readonly c = {
     started: 0,
     completed: 0,
@@ -417,7 +420,21 @@ export class SagaOrchestrator {
   stats(): SagaStats {
     const stepDurations: Record<string, HistogramSnapshot> = {};
     for (const [k, h] of this.stepHist) stepDurations[k] = h.snapshot();
-    return { ...this.c, running: this.owned.size, stepDurations, sagaDurations: this.sagaHist.snapshot() };
+    return {
+      ...this.c,
+      running: this.owned.size,
+      stepDurations,
+      stepLatency: this.allStepsHist.snapshot(),
+      sagaDurations: this.sagaHist.snapshot(),
+    };
+  }
+
+  /** Zeroes the counters and histograms of `stats()` (e.g. after a warm-up, or per scrape window). */
+  resetStats(): void {
+    for (const k of Object.keys(this.c) as (keyof typeof this.c)[]) this.c[k] = 0;
+    this.stepHist.clear();
+    this.sagaHist.reset();
+    this.allStepsHist.reset();
   }
 
   // ---------------------------------------------------------------- events in
@@ -487,12 +504,13 @@ export class SagaOrchestrator {
       const r = d as ResultEvent;
       step.status = 'done';
       step.result = r.result;
-      step.durationMs = Date.now() - (step.startedAt ?? Date.now());
+      step.durationMs = nowMs() - (step.startedAt ?? nowMs());
       step.error = undefined;
       s.context = { ...s.context, ...(r.result ?? {}) };
       s.completed.push(step.name);
       this.c.stepsSucceeded++;
       this.hist(step.name).recordMs(step.durationMs);
+      this.allStepsHist.recordMs(step.durationMs);
       out.push(this.statusEvent(s, event.id));
     } else {
       const e = d as ErrorEvent;
@@ -637,7 +655,7 @@ export class SagaOrchestrator {
       x.attempt++;
       x.commandId = `${s.transactionId}:${d.name}:${x.attempt}`;
       x.status = 'running';
-      if (x.sends === 0) x.startedAt = Date.now();
+      if (x.sends === 0) x.startedAt = nowMs();
       x.retryAt = undefined;
     }
     if (countTry || x.sends === 0) x.sends++;
@@ -991,6 +1009,9 @@ export class SagaOrchestrator {
     return h;
   }
 }
+
+/** Epoch ms with a fraction (step durations below 1 ms on the memory transport). */
+const nowMs = () => performance.timeOrigin + performance.now();
 
 function splitKey(key: string): [string, string] {
   const i = key.indexOf(':');
