@@ -107,7 +107,7 @@ export interface ErrorEvent extends SagaEventBase {
 export interface StatusEvent extends SagaEventBase {
   status: SagaStatus;
   currentStep?: string;
-  /** 0..1: the share of steps completed (while compensating: the share of compensations done). */
+  /** 0..1: running: the share of steps done; compensating and compensated: the share of compensations done; failed: the share of steps done. */
   progress: number;
 }
 

@@ -511,7 +511,10 @@ export class SagaOrchestrator {
       this.c.stepsSucceeded++;
       this.hist(step.name).recordMs(step.durationMs);
       this.allStepsHist.recordMs(step.durationMs);
-      out.push(this.statusEvent(s, event.id));
+      this.advance(live, s, out);
+      // progress, once the next step is under way (the end publishes its own status)
+      if (s.status === 'running') out.push(this.statusEvent(s, event.id));
+      return true;
     } else {
       const e = d as ErrorEvent;
       step.error = errorOf(e, step.name);
@@ -967,8 +970,8 @@ export class SagaOrchestrator {
     const names = Object.keys(s.steps);
     let currentStep: string | undefined;
     let progress: number;
-    if (s.status === 'compensating') {
-      currentStep = s.toCompensate[0];
+    if (s.status === 'compensating' || s.status === 'compensated') {
+      currentStep = s.status === 'compensating' ? s.toCompensate[0] : s.failedStep;
       progress = s.compensationTotal === 0 ? 1 : 1 - s.toCompensate.length / s.compensationTotal;
     } else {
       progress = s.status === 'completed' ? 1 : s.completed.length / Math.max(1, names.length);
