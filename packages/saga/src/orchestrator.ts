@@ -359,7 +359,11 @@ export class SagaOrchestrator {
     const s = await this.store.load(String(transactionId));
     if (!s) throw new UnknownTransactionError(String(transactionId));
     const out: AgentEvent[] = [];
-    await this.bus.replay({ pattern: 'saga.**', from: s.createdAt - 1000 }, (e) => {
+    const range = {
+      from: s.createdAt - 1000,
+      ...(s.finishedAt === undefined ? {} : { to: s.finishedAt + 5000 }),
+    };
+    await this.bus.replay({ pattern: 'saga.**', ...range }, (e) => {
       if (e.metadata?.correlationId === s.correlationId) out.push(e);
     });
     return out;
@@ -785,7 +789,7 @@ export class SagaOrchestrator {
   private run(live: Live, fn: (s: SagaState, out: AgentEvent[]) => boolean | void): Promise<void> {
     const next = live.chain.then(async () => {
       if (live.dropped) return;
-      const s = structuredClone(live.state);
+      const s = copyState(live.state);
       const out: AgentEvent[] = [];
       const changed = fn(s, out);
       if (changed === false) return;
@@ -805,14 +809,16 @@ export class SagaOrchestrator {
       }
       live.state = s;
       if (TERMINAL_STATUSES.includes(s.status)) this.ended(live);
-      for (const e of out) {
+      if (out.length > 0)
         try {
-          await this.bus.publish(e);
+          await (out.length === 1 ? this.bus.publish(out[0]!) : this.bus.publishBatch(out));
         } catch (err) {
-          // the step's timer re-sends it
-          this.logger.error('saga event not published', { type: e.type, error: String(err) });
+          // the step's timer re-sends the command
+          this.logger.error('saga events not published', {
+            types: out.map((e) => e.type),
+            error: String(err),
+          });
         }
-      }
     });
     live.chain = next.catch((err) => {
       if (!(err instanceof LeaseLost))
@@ -905,7 +911,7 @@ export class SagaOrchestrator {
     if (this.scanning || !this.running) return;
     this.scanning = true;
     try {
-      for (const id of await this.store.active(1000)) {
+      for (const id of await this.store.orphans(100)) {
         if (!this.running) break;
         if (this.owned.has(id)) continue;
         const peek = await this.store.load(id);
@@ -1011,6 +1017,22 @@ export class SagaOrchestrator {
     if (!h) this.stepHist.set(step, (h = new LatencyHistogram()));
     return h;
   }
+}
+
+/**
+ * A copy deep enough for a transition: transitions replace `context`, results
+ * and errors, and change only the step records and the arrays in place.
+ */
+function copyState(st: SagaState): SagaState {
+  const steps: Record<string, StepState> = {};
+  for (const k in st.steps) steps[k] = { ...st.steps[k]! };
+  return {
+    ...st,
+    steps,
+    completed: [...st.completed],
+    toCompensate: [...st.toCompensate],
+    owners: [...st.owners],
+  };
 }
 
 /** Epoch ms with a fraction (step durations below 1 ms on the memory transport). */

@@ -98,6 +98,8 @@ export interface SagaStore {
   release(transactionId: string, owner: string): Promise<void>;
   /** Ids of running and compensating transactions, oldest first. */
   active(limit: number): Promise<string[]>;
+  /** Running or compensating transactions nobody holds a lease on (their owner died or stopped). */
+  orphans(limit: number): Promise<string[]>;
   /** Transactions by status, newest first. */
   list(status: SagaStatus | undefined, limit: number): Promise<SagaState[]>;
   /** How many transactions have each status. */
@@ -106,7 +108,11 @@ export interface SagaStore {
 
 const isTerminal = (s: SagaStatus) => TERMINAL_STATUSES.includes(s);
 
-/** Saga state in this process: survives nothing, shared with nothing. */
+/**
+ * Saga state in this process: survives nothing, shared with nothing. It keeps
+ * the objects it is given (the orchestrator never changes a state after
+ * storing it: each transition works on a copy) and hands out copies.
+ */
 export class MemorySagaStore implements SagaStore {
   readonly shared = false;
   private readonly states = new Map<string, SagaState>();
@@ -114,13 +120,13 @@ export class MemorySagaStore implements SagaStore {
 
   async create(state: SagaState, owner: string, leaseMs: number): Promise<boolean> {
     if (this.states.has(state.transactionId)) return false;
-    this.states.set(state.transactionId, structuredClone(state));
+    this.states.set(state.transactionId, state);
     this.leases.set(state.transactionId, { owner, until: Date.now() + leaseMs });
     return true;
   }
   async save(state: SagaState, owner: string): Promise<boolean> {
     if (!this.holds(state.transactionId, owner)) return false;
-    this.states.set(state.transactionId, structuredClone(state));
+    this.states.set(state.transactionId, state);
     if (isTerminal(state.status)) this.leases.delete(state.transactionId);
     return true;
   }
@@ -152,6 +158,12 @@ export class MemorySagaStore implements SagaStore {
       .sort((a, b) => a.createdAt - b.createdAt)
       .slice(0, limit)
       .map((s) => s.transactionId);
+  }
+  async orphans(limit: number): Promise<string[]> {
+    const now = Date.now();
+    return (await this.active(Number.MAX_SAFE_INTEGER))
+      .filter((id) => (this.leases.get(id)?.until ?? 0) <= now)
+      .slice(0, limit);
   }
   async list(status: SagaStatus | undefined, limit: number): Promise<SagaState[]> {
     const out: SagaState[] = [];
@@ -207,6 +219,20 @@ for i, k in ipairs(KEYS) do
   else table.insert(lost, i) end
 end
 return lost`;
+
+// KEYS: idx:compensating, idx:running; ARGV: lease key prefix, how many to look at, how many to return.
+// The lease keys share the indexes' hash tag (same slot).
+const ORPHANS = `
+local out = {}
+for _, idx in ipairs(KEYS) do
+  for _, id in ipairs(redis.call('ZRANGE', idx, 0, tonumber(ARGV[2]) - 1)) do
+    if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+      table.insert(out, id)
+      if #out >= tonumber(ARGV[3]) then return out end
+    end
+  end
+end
+return out`;
 
 const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -299,6 +325,17 @@ export class RedisSagaStore implements SagaStore {
       this.redis.zrange(this.idxKey('compensating'), 0, limit - 1),
     ]);
     return [...compensating, ...running].slice(0, limit);
+  }
+  async orphans(limit: number): Promise<string[]> {
+    return (await this.redis.eval(
+      ORPHANS,
+      2,
+      this.idxKey('compensating'),
+      this.idxKey('running'),
+      `${this.base}:lease:`,
+      10_000,
+      limit,
+    )) as string[];
   }
   async list(status: SagaStatus | undefined, limit: number): Promise<SagaState[]> {
     const statuses = status === undefined ? SAGA_STATUSES : [status];
