@@ -242,9 +242,10 @@ export class SagaOrchestrator {
 
   /**
    * Stops: timers cleared, the leases of sagas still running released so
-   * another instance takes them over at its next scan.
+   * another instance takes them over at its next scan. `release: false`
+   * leaves the leases to expire, as a crash would (for tests and drills).
    */
-  async stop(): Promise<void> {
+  async stop(options: { release?: boolean } = {}): Promise<void> {
     if (!this.running) return;
     this.running = false;
     if (this.renewTimer) clearInterval(this.renewTimer);
@@ -254,6 +255,7 @@ export class SagaOrchestrator {
     const lives = [...this.owned.values()];
     for (const l of lives) this.drop(l);
     await Promise.all(lives.map((l) => l.chain));
+    if (options.release === false) return;
     await Promise.all(
       lives.map((l) => this.store.release(l.state.transactionId, this.instanceId).catch(() => {})),
     );

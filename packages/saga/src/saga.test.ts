@@ -415,45 +415,49 @@ describe('sagas in memory, one process', () => {
     expect(by.sort()).toEqual(['A', 'B']);
   });
 
-  it('another orchestrator in the process takes a saga over when its owner stops, and finishes it', async () => {
-    const bus = await makeBus('mem-11');
-    const ledger: string[] = [];
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    await worker(bus, 'w1', () => {
-      ledger.push('w1');
+  for (const crash of [false, true])
+    it(`another orchestrator in the process takes a saga over when its owner ${crash ? 'dies (lease left to expire)' : 'stops'}, and each step runs once`, async () => {
+      const bus = await makeBus(`mem-11-${crash}`);
+      const ledger: string[] = [];
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      await worker(bus, 'w1', () => {
+        ledger.push('w1');
+      });
+      const w2 = await worker(bus, 'w2', async () => {
+        await gate;
+        ledger.push('w2');
+      });
+      await worker(bus, 'w3', () => {
+        ledger.push('w3');
+      });
+      const store = new MemorySagaStore();
+      const def: SagaDefinition = {
+        name: 'handover',
+        steps: [
+          { name: 's1', worker: 'w1' },
+          { name: 's2', worker: 'w2' },
+          { name: 's3', worker: 'w3' },
+        ],
+      };
+      const a = new SagaOrchestrator({ bus, store, leaseMs: 200, instanceId: 'A' }).define(def);
+      const b = new SagaOrchestrator({ bus, store, leaseMs: 200, instanceId: 'B' }).define(def);
+      await a.start();
+      const { transactionId } = await a.begin('handover', {});
+      await waitFor(() => w2.stats().ran === 1, 'step 2 running');
+      await a.stop({ release: !crash });
+      await b.start();
+      stops.unshift(() => b.stop());
+      await waitFor(() => b.stats().takenOver === 1, 'the takeover');
+      // B sent step 2 again under the same command id; the worker still runs the first one
+      await waitFor(() => w2.stats().busy >= 1, 'the re-send finding the command running');
+      release();
+      const end = await b.wait(transactionId);
+      expect(end.status).toBe('completed');
+      expect(end.owners).toEqual(['A', 'B']);
+      expect(ledger).toEqual(['w1', 'w2', 'w3']);
+      expect(w2.stats()).toMatchObject({ ran: 1 });
     });
-    await worker(bus, 'w2', async () => {
-      await gate;
-      ledger.push('w2');
-    });
-    await worker(bus, 'w3', () => {
-      ledger.push('w3');
-    });
-    const store = new MemorySagaStore();
-    const def: SagaDefinition = {
-      name: 'handover',
-      steps: [
-        { name: 's1', worker: 'w1' },
-        { name: 's2', worker: 'w2' },
-        { name: 's3', worker: 'w3' },
-      ],
-    };
-    const a = new SagaOrchestrator({ bus, store, leaseMs: 200, instanceId: 'A' }).define(def);
-    const b = new SagaOrchestrator({ bus, store, leaseMs: 200, instanceId: 'B' }).define(def);
-    await a.start();
-    const { transactionId } = await a.begin('handover', {});
-    await waitFor(() => ledger.length === 1, 'step 1');
-    await a.stop();
-    await b.start();
-    stops.unshift(() => b.stop());
-    await waitFor(() => b.stats().takenOver === 1, 'the takeover');
-    release();
-    const end = await b.wait(transactionId);
-    expect(end.status).toBe('completed');
-    expect(end.owners).toEqual(['A', 'B']);
-    expect(ledger).toEqual(['w1', 'w2', 'w3']);
-  });
 });
 
 describe('bad input gives typed errors', () => {
