@@ -1,4 +1,4 @@
-import { type AgentEvent, createEvent, EventPriority } from '@qe/core';
+import { type AgentEvent, createEvent, EventPriority, type QEEventBus } from '@qe/core';
 import { InvalidNameError } from './errors.js';
 
 /**
@@ -110,6 +110,13 @@ export interface StatusEvent extends SagaEventBase {
   /** 0..1: running: the share of steps done; compensating and compensated: the share of compensations done; failed: the share of steps done. */
   progress: number;
 }
+
+/**
+ * A bus with any event map: workers and orchestrators take a
+ * `QEEventBus<SagaEvents>`, a bus of your own map, or an untyped one.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: any event map is fine; the saga layer builds its own events
+export type AnySagaBus = QEEventBus<any>;
 
 /** Type-checked `publish`/`subscribe` for saga events: `new QEEventBus<SagaEvents>(...)`. */
 export interface SagaEvents {

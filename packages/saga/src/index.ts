@@ -13,6 +13,7 @@ export {
   UnknownTransactionError,
 } from './errors.js';
 export {
+  type AnySagaBus,
   type Causation,
   type CommandEvent,
   type CommandKind,

@@ -7,7 +7,6 @@ import {
   type Logger,
   NotConnectedError,
   noopLogger,
-  type QEEventBus,
   TimeoutError,
   type Unsubscribe,
   uuidv7,
@@ -23,6 +22,7 @@ import {
 } from './definition.js';
 import { UnknownSagaError, UnknownTransactionError } from './errors.js';
 import {
+  type AnySagaBus,
   type ErrorEvent,
   type ResultEvent,
   SAGA_STATUSES,
@@ -43,7 +43,7 @@ import {
 } from './store.js';
 
 export interface SagaOrchestratorOptions {
-  bus: QEEventBus;
+  bus: AnySagaBus;
   /** Saga state in Redis (required on a cross-process transport, so another instance can take a saga over). */
   redis?: Redis;
   /** Prefix of the Redis keys. Default `qe:saga`. */
@@ -151,7 +151,7 @@ const TX_ID = /^[A-Za-z0-9_.-]{1,128}$/;
 export class SagaOrchestrator {
   readonly instanceId: string;
   readonly store: SagaStore;
-  private readonly bus: QEEventBus;
+  private readonly bus: AnySagaBus;
   private readonly leaseMs: number;
   private readonly scanIntervalMs: number;
   private readonly takeover: boolean;

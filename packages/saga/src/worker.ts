@@ -4,7 +4,6 @@ import {
   ConfigError,
   isEventBusError,
   PermanentError,
-  type QEEventBus,
   RetryLaterError,
   toError,
   type Unsubscribe,
@@ -12,6 +11,7 @@ import {
 } from '@qe/core';
 import type { Redis } from 'ioredis';
 import {
+  type AnySagaBus,
   type CommandEvent,
   type CommandKind,
   type CompensationEvent,
@@ -55,7 +55,7 @@ export type WorkerHandler = (
 ) => SagaContext | undefined | void | Promise<SagaContext | undefined | void>;
 
 export interface SagaWorkerOptions {
-  bus: QEEventBus;
+  bus: AnySagaBus;
   /** 1-64 characters of `[a-z0-9_-]`: the worker's channel is `saga.command.<name>`. */
   name: string;
   handler: WorkerHandler;
@@ -98,7 +98,7 @@ const GROUP_PREFIX = 'saga-worker-';
  */
 export class SagaWorker {
   readonly name: string;
-  private readonly bus: QEEventBus;
+  private readonly bus: AnySagaBus;
   private readonly handler: WorkerHandler;
   private readonly ledger: CommandLedger;
   private readonly concurrency: number;
@@ -273,7 +273,7 @@ export class SagaWorker {
 
 /** Registers and starts a worker (spec 002's `@worker("name")`). */
 export async function registerWorker(
-  bus: QEEventBus,
+  bus: AnySagaBus,
   name: string,
   handler: WorkerHandler,
   options: Omit<SagaWorkerOptions, 'bus' | 'name' | 'handler'> = {},
