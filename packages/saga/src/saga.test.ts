@@ -9,8 +9,10 @@ import {
 import { waitFor } from '@qe/transport-conformance';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  type CommandLedger,
   InvalidNameError,
   InvalidSagaDefinitionError,
+  MemoryCommandLedger,
   MemorySagaStore,
   type SagaDefinition,
   SagaOrchestrator,
@@ -379,6 +381,32 @@ describe('sagas in memory, one process', () => {
     ]);
     expect((results[1]!.data as { result: unknown }).result).toEqual({ n: 1 });
     expect(w.stats()).toMatchObject({ ran: 1, replayed: 1 });
+  });
+
+  it('a worker that ran a command but could not record it records it on the retry instead of running again', async () => {
+    const bus = await makeBus('mem-9b');
+    let runs = 0;
+    let failNext = true;
+    const ledger = new MemoryCommandLedger();
+    const flaky: CommandLedger = {
+      claim: (id, h, ms) => ledger.claim(id, h, ms),
+      heartbeat: (id, h, ms) => ledger.heartbeat(id, h, ms),
+      complete: async (id, o, ttl) => {
+        if (failNext) {
+          failNext = false;
+          throw new Error('ledger unreachable');
+        }
+        return ledger.complete(id, o, ttl);
+      },
+    };
+    const w = new SagaWorker({ bus, name: 'rec', ledger: flaky, handler: () => ({ n: ++runs }) });
+    await w.start();
+    stops.unshift(() => w.stop());
+    const o = await orchestrator(bus, [{ name: 'rec', steps: [{ name: 'a', worker: 'rec' }] }]);
+    const end = await o.execute('rec', {});
+    expect(end).toMatchObject({ status: 'completed', context: { n: 1 } });
+    expect(runs).toBe(1);
+    expect(failNext).toBe(false);
   });
 
   it('several instances of a worker share the commands (group members)', async () => {

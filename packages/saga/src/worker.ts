@@ -107,6 +107,8 @@ export class SagaWorker {
   private readonly busyRetryMs: number;
   private readonly holder: string;
   private unsubscribe: Unsubscribe | null = null;
+  /** Outcomes of runs whose record failed (the ledger was unreachable), until recorded. Empty normally. */
+  private readonly unrecorded = new Map<string, CommandOutcome>();
   private readonly counters: WorkerStats = { ran: 0, succeeded: 0, failed: 0, replayed: 0, busy: 0 };
 
   constructor(options: SagaWorkerOptions) {
@@ -173,6 +175,14 @@ export class SagaWorker {
       throw new PermanentError(
         `${event.type} ${event.id}: not a saga command (commandId, transactionId missing)`,
       );
+    const unrecorded = this.unrecorded.get(d.commandId);
+    if (unrecorded) {
+      // this instance ran it but could not record the outcome: record it now, never run it again
+      const recorded = await this.ledger.complete(d.commandId, unrecorded, this.resultTtlMs);
+      this.unrecorded.delete(d.commandId);
+      await this.publishOutcome(event, d, kind, recorded, recorded !== unrecorded);
+      return;
+    }
     const claim = await this.ledger.claim(d.commandId, this.holder, this.processingMs);
     if (claim.state === 'busy') {
       this.counters.busy++;
@@ -231,7 +241,14 @@ export class SagaWorker {
     } finally {
       clearInterval(heartbeat);
     }
-    const recorded = await this.ledger.complete(d.commandId, outcome, this.resultTtlMs);
+    let recorded: CommandOutcome;
+    try {
+      recorded = await this.ledger.complete(d.commandId, outcome, this.resultTtlMs);
+    } catch (err) {
+      // the bus retries the delivery; the retry records this outcome instead of running again
+      this.unrecorded.set(d.commandId, outcome);
+      throw err;
+    }
     await this.publishOutcome(event, d, kind, recorded, recorded !== outcome);
   }
 
