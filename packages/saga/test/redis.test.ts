@@ -144,8 +144,13 @@ describe('sagas over Redis, workers and orchestrators in separate processes', ()
       for (const t of round) victim.send(`begin ${t.id} ${t.fail ? 's3' : '-'}`);
       txs.push(...round);
       await victim.waitLine(`begun k${i}-bad`);
-      // somewhere between just begun and nearly done
-      await new Promise((res) => setTimeout(res, Math.floor(Math.random() * 250)));
+      // a random point: after 0-8 of the round's 9 commands (4 steps; 3 steps and 2 compensations)
+      // started on the workers, plus up to 20 ms
+      const after = Math.floor(Math.random() * 9);
+      const started = () =>
+        workers.reduce((n, w) => n + w.lines.filter((l) => l.startsWith(`started k${i}-`)).length, 0);
+      await waitFor(() => started() >= after, `${after} commands of round ${i}`);
+      await new Promise((res) => setTimeout(res, Math.floor(Math.random() * 20)));
       await victim.kill();
       const next = orch(p, `victim-${i + 1}`);
       for (const t of round) await finalState(store, t.id);
