@@ -56,6 +56,8 @@ export interface SagaOrchestratorOptions {
   leaseMs?: number;
   /** How often this instance looks for sagas to take over, ms. Default `leaseMs / 2`. */
   scanIntervalMs?: number;
+  /** How long an ended saga stays queryable in Redis, ms (0: for ever). Default 7 days. */
+  retainFinishedMs?: number;
   /** Take over sagas of dead instances. Default true. */
   takeover?: boolean;
   logger?: Logger;
@@ -203,7 +205,12 @@ export class SagaOrchestrator {
     this.instanceId =
       options.instanceId ?? `${this.bus.nodeId}.${process.pid}.${randomBytes(4).toString('hex')}`;
     if (options.store) this.store = options.store;
-    else if (options.redis) this.store = new RedisSagaStore(options.redis, options.keyPrefix);
+    else if (options.redis)
+      this.store = new RedisSagaStore(
+        options.redis,
+        options.keyPrefix,
+        options.retainFinishedMs === undefined ? {} : { retainFinishedMs: options.retainFinishedMs },
+      );
     else if (this.bus.transport.capabilities.crossProcess)
       throw new ConfigError(
         'redis',

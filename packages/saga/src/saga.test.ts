@@ -488,6 +488,18 @@ describe('sagas in memory, one process', () => {
     });
 });
 
+describe('the memory store', () => {
+  it('keeps at most maxFinished ended sagas (the oldest go first), never a running one', async () => {
+    const bus = await makeBus('mem-evict');
+    await worker(bus, 'quick', () => ({}));
+    const store = new MemorySagaStore({ maxFinished: 2 });
+    const o = await orchestrator(bus, [{ name: 'q', steps: [{ name: 'a', worker: 'quick' }] }], { store });
+    for (const id of ['e1', 'e2', 'e3']) await o.execute('q', {}, { transactionId: id });
+    expect((await o.list()).map((v) => v.transactionId)).toEqual(['e3', 'e2']);
+    await expect(o.status('e1')).rejects.toBeInstanceOf(UnknownTransactionError);
+  });
+});
+
 describe('bad input gives typed errors', () => {
   it('names, definitions, unknown sagas and transactions', async () => {
     const bus = await makeBus('mem-bad');

@@ -1,3 +1,4 @@
+import { ConfigError } from '@qe/core';
 import type { Redis } from 'ioredis';
 import { SAGA_STATUSES, type SagaContext, type SagaStatus, TERMINAL_STATUSES } from './events.js';
 
@@ -117,6 +118,14 @@ export class MemorySagaStore implements SagaStore {
   readonly shared = false;
   private readonly states = new Map<string, SagaState>();
   private readonly leases = new Map<string, { owner: string; until: number }>();
+  /** Ended transactions, oldest first, for eviction past `maxFinished`. */
+  private readonly finished = new Set<string>();
+  private readonly maxFinished: number;
+
+  /** `maxFinished`: ended transactions kept for queries (the oldest go first). Default 10,000. */
+  constructor(options: { maxFinished?: number } = {}) {
+    this.maxFinished = options.maxFinished ?? 10_000;
+  }
 
   async create(state: SagaState, owner: string, leaseMs: number): Promise<boolean> {
     if (this.states.has(state.transactionId)) return false;
@@ -127,7 +136,15 @@ export class MemorySagaStore implements SagaStore {
   async save(state: SagaState, owner: string): Promise<boolean> {
     if (!this.holds(state.transactionId, owner)) return false;
     this.states.set(state.transactionId, state);
-    if (isTerminal(state.status)) this.leases.delete(state.transactionId);
+    if (isTerminal(state.status)) {
+      this.leases.delete(state.transactionId);
+      this.finished.add(state.transactionId);
+      while (this.finished.size > this.maxFinished) {
+        const oldest = this.finished.values().next().value as string;
+        this.finished.delete(oldest);
+        this.states.delete(oldest);
+      }
+    }
     return true;
   }
   async load(id: string): Promise<SagaState | undefined> {
@@ -197,7 +214,9 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 return 1`;
 
 // KEYS: lease, state, idx:running, idx:compensating, idx:completed, idx:compensated, idx:failed
-// ARGV: owner, json, status, createdAt, id
+// ARGV: owner, json, status, score (created, or finished for an end), id, retainMs (0: forever), now
+// An end releases the lease, lets the document expire after retainMs, and drops index
+// entries of its status that finished longer ago than that.
 const SAVE = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
@@ -208,6 +227,13 @@ for i, n in ipairs(names) do
 end
 if ARGV[3] == 'completed' or ARGV[3] == 'compensated' or ARGV[3] == 'failed' then
   redis.call('DEL', KEYS[1])
+  local retain = tonumber(ARGV[6])
+  if retain > 0 then
+    redis.call('PEXPIRE', KEYS[2], retain)
+    for i, n in ipairs(names) do
+      if n == ARGV[3] then redis.call('ZREMRANGEBYSCORE', KEYS[2 + i], '-inf', '(' .. (tonumber(ARGV[7]) - retain)) end
+    end
+  end
 end
 return 1`;
 
@@ -241,19 +267,28 @@ return 0`;
 /**
  * Saga state in Redis: one JSON document per transaction, a lease key per
  * running transaction (`SET NX PX`, renewed by its owner), and a sorted set
- * per status (scored by creation time) for listing and takeover. Every key of
- * one prefix shares the hash tag `{<prefix>}`, so the scripts stay legal on a
- * Redis Cluster.
+ * per status (scored by creation time; for the end statuses by end time) for
+ * listing and takeover. Every key of one prefix shares the hash tag
+ * `{<prefix>}`, so the scripts stay legal on a Redis Cluster.
+ *
+ * `retainFinishedMs`: how long an ended transaction stays queryable (default
+ * 7 days; 0 keeps it for ever).
  */
 export class RedisSagaStore implements SagaStore {
   readonly shared = true;
   private readonly base: string;
+  private readonly retainMs: number;
 
   constructor(
     private readonly redis: Redis,
     readonly prefix = 'qe:saga',
+    options: { retainFinishedMs?: number } = {},
   ) {
     this.base = `${prefix}:{${prefix}}`;
+    const r = options.retainFinishedMs ?? 7 * 24 * 3600_000;
+    if (!Number.isInteger(r) || r < 0)
+      throw new ConfigError('retainFinishedMs', 'must be a non-negative integer');
+    this.retainMs = r;
   }
 
   private stateKey(id: string) {
@@ -293,8 +328,10 @@ export class RedisSagaStore implements SagaStore {
       owner,
       JSON.stringify(state),
       state.status,
-      state.createdAt,
+      isTerminal(state.status) ? (state.finishedAt ?? Date.now()) : state.createdAt,
       id,
+      this.retainMs,
+      Date.now(),
     );
     return r === 1;
   }

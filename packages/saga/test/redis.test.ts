@@ -232,6 +232,39 @@ describe('the Redis saga store', () => {
     expect(await store.counts()).toMatchObject({ running: 0, completed: 1 });
     expect((await store.list('completed', 10)).map((s) => s.transactionId)).toEqual(['f1']);
   });
+
+  it('lets an ended saga expire after retainFinishedMs, with its index entry', async () => {
+    const p = newPrefix();
+    const store = new RedisSagaStore(r, `${p}:saga`, { retainFinishedMs: 150 });
+    const base = {
+      correlationId: 'c',
+      sagaName: 'x',
+      status: 'running' as const,
+      input: {},
+      context: {},
+      stage: 0,
+      steps: {},
+      completed: [],
+      toCompensate: [],
+      compensationTotal: 0,
+      createdAt: Date.now(),
+      updatedAt: Date.now(),
+      owners: ['A'],
+    };
+    for (const id of ['old', 'new']) {
+      expect(await store.create({ ...base, transactionId: id }, 'A', 10_000)).toBe(true);
+      expect(
+        await store.save({ ...base, transactionId: id, status: 'completed', finishedAt: Date.now() }, 'A'),
+      ).toBe(true);
+      if (id === 'old')
+        await waitFor(async () => (await store.load('old')) === undefined, 'the old saga to expire');
+    }
+    // saving 'new' trimmed the expired 'old' from the index
+    expect(await r.zrange(`${p}:saga:{${p}:saga}:idx:completed`, 0, -1)).toEqual(['new']);
+    expect(() => new RedisSagaStore(r, p, { retainFinishedMs: -1 })).toThrow(
+      expect.objectContaining({ code: 'CONFIG' }),
+    );
+  });
 });
 
 describe('the API over Redis in this process', () => {
