@@ -738,6 +738,8 @@ export class SagaOrchestrator {
       const [kind, name] = splitKey(key);
       if (kind === 'deadline') {
         if (s.status !== 'running') return false;
+        // the timer is the signal (it can fire a millisecond before Date.now() reaches deadlineAt)
+        this.expire(live, s);
         this.advance(live, s, out);
         return true;
       }

@@ -185,7 +185,9 @@ export class MemorySagaStore implements SagaStore {
   async list(status: SagaStatus | undefined, limit: number): Promise<SagaState[]> {
     const out: SagaState[] = [];
     for (const s of this.states.values()) if (status === undefined || s.status === status) out.push(s);
+    // newest first; begun in the same millisecond: the later begun first (the sort is stable)
     return out
+      .reverse()
       .sort((a, b) => b.createdAt - a.createdAt)
       .slice(0, limit)
       .map((s) => structuredClone(s));
