@@ -1,0 +1,66 @@
+export {
+  type NormalizedSaga,
+  normalizeSaga,
+  type ParallelDefinition,
+  type RetryPolicy,
+  type SagaDefinition,
+  type StepDefinition,
+} from './definition.js';
+export {
+  InvalidNameError,
+  InvalidSagaDefinitionError,
+  UnknownSagaError,
+  UnknownTransactionError,
+} from './errors.js';
+export {
+  type AnySagaBus,
+  type Causation,
+  type CommandEvent,
+  type CommandKind,
+  type CompensationEvent,
+  checkName,
+  type ErrorEvent,
+  fromSpec002,
+  type ResultEvent,
+  SAGA_STATUSES,
+  type SagaContext,
+  type SagaEvents,
+  SagaEventTypes,
+  type SagaStatus,
+  type StatusEvent,
+  sagaEvents,
+  specTypeOf,
+  TERMINAL_STATUSES,
+  toSpec002,
+} from './events.js';
+export {
+  type BeginOptions,
+  SagaOrchestrator,
+  type SagaOrchestratorOptions,
+  type SagaStats,
+  type SagaView,
+  type StatusListener,
+  type StepView,
+} from './orchestrator.js';
+export {
+  type ClaimResult,
+  type CommandLedger,
+  type CommandOutcome,
+  MemoryCommandLedger,
+  MemorySagaStore,
+  RedisCommandLedger,
+  RedisSagaStore,
+  type SagaErrorInfo,
+  type SagaState,
+  type SagaStore,
+  type StepState,
+  type StepStatus,
+} from './store.js';
+export {
+  registerWorker,
+  SagaWorker,
+  type SagaWorkerOptions,
+  type WorkerContext,
+  type WorkerHandler,
+  type WorkerStats,
+} from './worker.js';
