@@ -445,6 +445,12 @@ function checkPriority(field: string, v: unknown): void {
  * Emits `error` (only when someone listens, so an unhandled bus error never
  * crashes the process), `deadLetter`, `started`, `stopped`.
  */
+/** A correlation id to look up history by: a non-empty string of at most 256 characters. */
+function checkCorrelationId(id: unknown): void {
+  if (typeof id !== 'string' || id.length === 0 || id.length > 256)
+    throw new ValidationError('correlationId', 'must be a non-empty string of at most 256 characters');
+}
+
 export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
   readonly nodeId: string;
   readonly transport: Transport;
@@ -1651,22 +1657,59 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
 
   /** Recent events from the transport's history (spec 001), oldest first. */
   async getRecentEvents(query: HistoryQuery = {}): Promise<AgentEvent[]> {
-    assertKnownKeys(query, ['pattern', 'limit', 'since'], '', {}, 'validation');
+    assertKnownKeys(query, ['pattern', 'limit', 'since', 'correlationId'], '', {}, 'validation');
     if (query.pattern !== undefined) validatePattern(query.pattern);
     checkNonNegInt('limit', query.limit, false);
     if (query.since !== undefined && (typeof query.since !== 'number' || !Number.isFinite(query.since)))
       throw new ValidationError('since', 'must be a number (epoch ms)');
+    const { correlationId, ...rest } = query;
+    if (correlationId !== undefined) {
+      checkCorrelationId(correlationId);
+      // one transaction's events: replay the range, keep the matching ones, the most recent `limit`
+      const limit = query.limit ?? 100;
+      const out: AgentEvent[] = [];
+      await this.replay(
+        {
+          ...(rest.pattern === undefined ? {} : { pattern: rest.pattern }),
+          ...(rest.since === undefined ? {} : { from: rest.since }),
+          correlationId,
+        },
+        (e) => {
+          out.push(e);
+          if (out.length > limit) out.shift();
+        },
+      );
+      return out;
+    }
     if (!this.transport.getRecentEvents)
       throw new UnsupportedError(`transport ${this.transport.name} keeps no history`);
-    return this.transport.getRecentEvents(query);
+    return this.transport.getRecentEvents(rest);
   }
 
   /** Replays stored events (spec 004 event store) in publish order to `onEvent`. */
   async replay(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number> {
-    assertKnownKeys(query, ['pattern', 'from', 'to', 'fromId', 'toId', 'limit'], '', {}, 'validation');
+    assertKnownKeys(
+      query,
+      ['pattern', 'from', 'to', 'fromId', 'toId', 'limit', 'correlationId'],
+      '',
+      {},
+      'validation',
+    );
     if (query.pattern !== undefined) validatePattern(query.pattern);
     if (!this.transport.replay) throw new UnsupportedError(`transport ${this.transport.name} cannot replay`);
-    return this.transport.replay(query, onEvent);
+    const { correlationId, ...rest } = query;
+    if (correlationId === undefined) return this.transport.replay(rest, onEvent);
+    checkCorrelationId(correlationId);
+    // the transport replays the range; only this correlation's events reach onEvent, and `limit` counts them
+    const { limit, ...range } = rest;
+    checkNonNegInt('limit', limit, false);
+    let n = 0;
+    await this.transport.replay(range, async (e) => {
+      if (e.metadata?.correlationId !== correlationId || (limit !== undefined && n >= limit)) return;
+      n++;
+      await onEvent(e);
+    });
+    return n;
   }
 
   /** The transport's dead-letter store, when it has one. */

@@ -32,6 +32,13 @@ export const EventTypes = {
   CONSENSUS_VOTE: 'consensus.vote',
   CONSENSUS_ACHIEVE: 'consensus.achieve',
   CONSENSUS_FAIL: 'consensus.fail',
+  // Sagas (spec 002): families; a published type appends the worker or saga name
+  // (`saga.command.charge-card`, `saga.status.payment`), one channel per worker. See @qe/saga.
+  SAGA_COMMAND: 'saga.command',
+  SAGA_RESULT: 'saga.result',
+  SAGA_ERROR: 'saga.error',
+  SAGA_COMPENSATION: 'saga.compensation',
+  SAGA_STATUS: 'saga.status',
   // System
   SYSTEM_STARTUP: 'system.startup',
   SYSTEM_SHUTDOWN: 'system.shutdown',

@@ -266,6 +266,12 @@ export interface HistoryQuery {
   limit?: number;
   /** Only events published at or after this epoch ms. */
   since?: number;
+  /**
+   * Only events whose `metadata.correlationId` is this (one transaction,
+   * one saga). Answered by the bus from a replay of the range, so it needs a
+   * transport that can replay; pair it with `since` to bound the scan.
+   */
+  correlationId?: string;
 }
 
 export interface ReplayQuery {
@@ -278,6 +284,8 @@ export interface ReplayQuery {
   fromId?: string;
   toId?: string;
   limit?: number;
+  /** Only events whose `metadata.correlationId` is this; `limit` counts matching events. */
+  correlationId?: string;
 }
 
 export type HealthStatus = 'healthy' | 'degraded' | 'unhealthy';

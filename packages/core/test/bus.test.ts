@@ -557,6 +557,32 @@ describe('batches, middleware, stop and metrics', () => {
     });
   });
 
+  it('history and replay by correlation id: one transaction, in publish order, limit counts matches', async () => {
+    const bus = await makeBus();
+    for (let i = 0; i < 6; i++)
+      await bus.publish(
+        createEvent('order.step')
+          .agentId('saga')
+          .correlationId(i % 2 === 0 ? 'tx-even' : 'tx-odd')
+          .data({ i })
+          .build(),
+      );
+    await bus.publish(ev('order.step', { i: 99 })); // no correlation id at all
+    const even = await bus.getRecentEvents({ correlationId: 'tx-even' });
+    expect(even.map((e) => (e.data as { i: number }).i)).toEqual([0, 2, 4]);
+    const lastTwo = await bus.getRecentEvents({ correlationId: 'tx-odd', limit: 2, pattern: 'order.*' });
+    expect(lastTwo.map((e) => (e.data as { i: number }).i)).toEqual([3, 5]);
+    const replayed: number[] = [];
+    const n = await bus.replay({ correlationId: 'tx-odd', limit: 2 }, (e) => {
+      replayed.push((e.data as { i: number }).i);
+    });
+    expect([n, replayed]).toEqual([2, [1, 3]]);
+    await expect(bus.getRecentEvents({ correlationId: '' })).rejects.toMatchObject({ code: 'VALIDATION' });
+    await expect(bus.replay({ correlationId: 7 as never }, () => {})).rejects.toMatchObject({
+      code: 'VALIDATION',
+    });
+  });
+
   it('createEvent output publishes as-is', async () => {
     const bus = await makeBus();
     const seen: AgentEvent[] = [];

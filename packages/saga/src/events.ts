@@ -1,4 +1,4 @@
-import { type AgentEvent, createEvent, EventPriority, type QEEventBus } from '@qe/core';
+import { type AgentEvent, createEvent, EventPriority, EventTypes, type QEEventBus } from '@qe/core';
 import { InvalidNameError } from './errors.js';
 
 /**
@@ -26,11 +26,11 @@ import { InvalidNameError } from './errors.js';
  * events are those with its `correlationId`.
  */
 export const SagaEventTypes = {
-  COMMAND: 'saga.command',
-  RESULT: 'saga.result',
-  ERROR: 'saga.error',
-  COMPENSATION: 'saga.compensation',
-  STATUS: 'saga.status',
+  COMMAND: EventTypes.SAGA_COMMAND,
+  RESULT: EventTypes.SAGA_RESULT,
+  ERROR: EventTypes.SAGA_ERROR,
+  COMPENSATION: EventTypes.SAGA_COMPENSATION,
+  STATUS: EventTypes.SAGA_STATUS,
 } as const;
 
 export type SagaStatus = 'running' | 'compensating' | 'completed' | 'compensated' | 'failed';

@@ -360,7 +360,7 @@ export class SagaOrchestrator {
   /**
    * One transaction's events (commands, results, errors, compensations,
    * statuses), in publish order, from the bus's history: replay over the
-   * transaction's lifetime, kept when `metadata.correlationId` matches.
+   * transaction's lifetime by its correlation id (`replay({ correlationId })`).
    * Needs a transport with replay (memory, Redis Streams); events trimmed
    * from the history are missing.
    */
@@ -372,8 +372,8 @@ export class SagaOrchestrator {
       from: s.createdAt - 1000,
       ...(s.finishedAt === undefined ? {} : { to: s.finishedAt + 5000 }),
     };
-    await this.bus.replay({ pattern: 'saga.**', ...range }, (e) => {
-      if (e.metadata?.correlationId === s.correlationId) out.push(e);
+    await this.bus.replay({ pattern: 'saga.**', ...range, correlationId: s.correlationId }, (e) => {
+      out.push(e);
     });
     return out;
   }
