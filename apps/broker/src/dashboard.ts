@@ -78,6 +78,7 @@ export function renderDashboardHtml(serviceName: string): string {
   <section class="card w4"><h2>Connections</h2><div id="connections"></div><h2 style="margin-top:14px">Circuit breakers</h2><div id="circuits"></div></section>
   <section class="card w6"><h2>Consumer lag</h2><div id="lag"></div></section>
   <section class="card w6"><h2>Dead letters</h2><div id="dead"></div></section>
+  <section class="card w12"><h2>Sagas</h2><div class="bars" id="b-sagas"></div><div id="sagas"></div></section>
   <footer>Polling <code>/api/dashboard</code> every second · <a href="/metrics">/metrics</a> · <a href="/health">/health</a> · <a href="/dead-letters">/dead-letters</a></footer>
 </main>
 <script>
@@ -185,6 +186,19 @@ export function renderDashboardHtml(serviceName: string): string {
     table($('dead'), [{ t: 'event type' }, { t: 'reason' }, { t: 'error' }, { t: 'when' }], d.deadLetters.recent.map(function (x) {
       return [esc(x.type), esc(x.reason) + ' (' + x.attempts + '×)', esc(x.error.slice(0, 80)), ago(x.deadAt)];
     }), 'no dead letters — every event was handled');
+    sagas(d);
+  }
+
+  function sagas(d) {
+    var order = ['running', 'compensating', 'completed', 'compensated', 'failed'];
+    var colors = { running: '#2563eb', compensating: '#d97706', completed: '#16a34a', compensated: '#7c3aed', failed: '#dc2626' };
+    // a count per status reached: 'running' is reached once per saga, so it reads as 'started'
+    var label = function (k) { return k === 'running' ? 'started' : k; };
+    colors.started = colors.running;
+    bars($('b-sagas'), order.filter(function (k) { return d.sagas.counts[k]; }).map(function (k) { return [label(k), d.sagas.counts[k]]; }), function (k) { return colors[k]; });
+    table($('sagas'), [{ t: 'saga' }, { t: 'transaction' }, { t: 'status' }, { t: 'step' }, { t: 'progress', n: 1 }, { t: 'updated' }], d.sagas.running.map(function (r) {
+      return [esc(r.saga), '<code>' + esc(r.transactionId) + '</code>', esc(r.status), r.step ? esc(r.step) : '–', Math.round(r.progress * 100) + '%', ago(r.updatedAt)];
+    }), 'no saga running now');
   }
 
   var failures = 0;

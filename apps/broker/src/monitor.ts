@@ -93,11 +93,32 @@ export interface DashboardSnapshot {
   };
   connections: Record<string, number>;
   circuits: (CircuitView & { source: string })[];
+  /**
+   * Sagas (`@qe/saga`) seen through this broker's bus, from their `saga.status.*`
+   * events: how many reached each status, and the ones running now.
+   */
+  sagas: {
+    counts: Record<string, number>;
+    running: SagaRow[];
+  };
   deadLetters: {
     count: number;
     recent: { id: string; type: string; reason: string; error: string; deadAt: number; attempts: number }[];
   };
 }
+
+/** One saga as the dashboard shows it, from its latest status event. */
+export interface SagaRow {
+  transactionId: string;
+  saga: string;
+  status: string;
+  step: string | null;
+  progress: number;
+  updatedAt: number;
+}
+
+/** Sagas whose latest status the monitor keeps at most (finished ones are forgotten first). */
+const MAX_SAGAS = 1000;
 
 /** How a `BrokerMonitor` samples and judges health. */
 export interface MonitorOptions {
@@ -142,6 +163,8 @@ export class BrokerMonitor {
   private recentDead: DeadLetter[] = [];
   private health: DashboardSnapshot['health'] = null;
   private readonly startedAt = Date.now();
+  private readonly sagas = new Map<string, SagaRow>();
+  private readonly sagaCounts: Record<string, number> = {};
 
   constructor(
     private readonly bus: QEEventBus,
@@ -207,6 +230,36 @@ export class BrokerMonitor {
     else if (this.byFamily.size < MAX_FAMILIES) this.byFamily.set(family, 1);
     else this.byFamily.set('(other)', (this.byFamily.get('(other)') ?? 0) + 1);
     this.byPriority[event.priority] = (this.byPriority[event.priority] ?? 0) + 1;
+    if (family === 'saga' && event.type.startsWith('saga.status.')) this.recordSaga(event);
+  }
+
+  /** A saga status event (`@qe/saga`'s StatusEvent: transactionId, sagaName, status, currentStep, progress). */
+  private recordSaga(event: AgentEvent): void {
+    const d = event.data as Record<string, unknown> | null;
+    if (
+      d === null ||
+      typeof d !== 'object' ||
+      typeof d.transactionId !== 'string' ||
+      typeof d.status !== 'string'
+    )
+      return;
+    const prev = this.sagas.get(d.transactionId);
+    if (prev?.status === d.status && d.status !== 'running' && d.status !== 'compensating') return; // a redelivered final status
+    if (prev?.status !== d.status) this.sagaCounts[d.status] = (this.sagaCounts[d.status] ?? 0) + 1;
+    this.sagas.delete(d.transactionId); // re-inserted last: the map stays in update order
+    this.sagas.set(d.transactionId, {
+      transactionId: d.transactionId,
+      saga: typeof d.sagaName === 'string' ? d.sagaName : event.type.slice('saga.status.'.length),
+      status: d.status,
+      step: typeof d.currentStep === 'string' ? d.currentStep : null,
+      progress: typeof d.progress === 'number' ? d.progress : 0,
+      updatedAt: event.timestamp,
+    });
+    if (this.sagas.size > MAX_SAGAS)
+      for (const [id, row] of this.sagas) {
+        if (this.sagas.size <= MAX_SAGAS) break;
+        if (row.status !== 'running' && row.status !== 'compensating') this.sagas.delete(id);
+      }
   }
 
   private connections(): Record<string, number> {
@@ -350,6 +403,13 @@ export class BrokerMonitor {
       },
       connections: this.connections(),
       circuits: this.circuits(),
+      sagas: {
+        counts: { ...this.sagaCounts },
+        running: [...this.sagas.values()]
+          .filter((r) => r.status === 'running' || r.status === 'compensating')
+          .slice(-50)
+          .reverse(),
+      },
       deadLetters: {
         count: this.deadLetterCount,
         recent: this.recentDead.map((dl) => ({

@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { registerWorker, SagaOrchestrator } from '@qe/saga';
 import { chromium } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { createBroker } from '../src/broker.js';
@@ -113,6 +114,47 @@ describe('dashboard in headless Chromium', () => {
       await page.waitForSelector('#circuits .state.open');
       expect(await page.textContent('#circuits')).toContain('task.fail');
       expect(Number(await page.textContent('#t-conn'))).toBeGreaterThan(0);
+
+      // sagas (@qe/saga) on the broker's bus: one held at its second step, one completed, one compensated
+      let release = () => {};
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      await registerWorker(broker.bus, 'reserve', () => ({ reserved: true }));
+      await registerWorker(broker.bus, 'release', () => ({ released: true }));
+      await registerWorker(broker.bus, 'charge', async (ctx) => {
+        if (ctx.context.hold) await held;
+        if (ctx.context.refuse) throw new Error('card refused');
+        return { charged: true };
+      });
+      const orchestrator = new SagaOrchestrator({ bus: broker.bus });
+      orchestrator.define({
+        name: 'checkout',
+        steps: [
+          { name: 'reserve', worker: 'reserve', compensate: 'release' },
+          { name: 'charge', worker: 'charge' },
+        ],
+      });
+      await orchestrator.start();
+      const heldRun = orchestrator.execute('checkout', { hold: true });
+      await page.waitForFunction(() =>
+        (document.getElementById('sagas')?.textContent ?? '').includes('charge'),
+      );
+      expect(await page.textContent('#sagas')).toContain('checkout');
+      expect((await orchestrator.execute('checkout', {})).status).toBe('completed');
+      expect((await orchestrator.execute('checkout', { refuse: true })).status).toBe('compensated');
+      release();
+      expect((await heldRun).status).toBe('completed');
+      await page.waitForFunction(() => {
+        const rows = Array.from(document.querySelectorAll('#b-sagas .row'), (r) =>
+          r.getAttribute('data-name'),
+        );
+        return rows.includes('completed') && rows.includes('compensated');
+      });
+      await page.waitForFunction(() =>
+        (document.getElementById('sagas')?.textContent ?? '').includes('no saga running'),
+      );
+      await orchestrator.stop();
 
       await new Promise((r) => setTimeout(r, 2500)); // a few more samples on the charts
       mkdirSync(ARTIFACTS, { recursive: true });
