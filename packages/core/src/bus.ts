@@ -19,8 +19,10 @@ import {
   type AgentEvent,
   type AnyEventMap,
   type EventFor,
+  type EventInput,
   type EventInputFor,
   type EventMap,
+  type EventMetadata,
   EventPriority,
   PRIORITY_NAMES,
 } from './event.js';
@@ -242,6 +244,24 @@ const SUBSCRIPTION_KEYS = [
   'startFrom',
 ] as const satisfies readonly (keyof SubscriptionOptions)[];
 const BATCH_SUBSCRIPTION_KEYS = [...SUBSCRIPTION_KEYS, 'batchSize', 'batchTimeoutMs'] as const;
+
+/** Names other event buses (and the specs) use for our subscription options. */
+const SUBSCRIPTION_HINTS: Readonly<Record<string, string>> = {
+  concurrency: 'this bus calls it maxConcurrency',
+  retries: 'this bus calls it retryAttempts',
+  timeoutMs: 'this bus calls it timeout (ms per handler call)',
+};
+
+/** The options of `publish(type, data, options)` (spec 003's shape). */
+export interface PublishShorthandOptions {
+  /** The source agent; default the bus's `nodeId`. */
+  agentId?: string;
+  id?: string;
+  priority?: EventPriority;
+  swarmId?: string;
+  metadata?: EventMetadata;
+}
+const PUBLISH_SHORTHAND_KEYS = ['agentId', 'id', 'priority', 'swarmId', 'metadata'] as const;
 
 export interface SubscriptionOptions<E = AgentEvent> {
   /** Compete with every subscription of the same group name and patterns, on every bus. */
@@ -767,9 +787,29 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
    * Resolves with the published event once the transport accepted it. Throws
    * `ValidationError` naming the bad field before anything is sent.
    */
-  async publish(input: EventInputFor<M>): Promise<AgentEvent> {
+  /**
+   * Spec 003's shape: `publish('user.created', data, options?)`. The event's
+   * `agentId` is `options.agentId` or this bus's `nodeId`; `options` may also
+   * give `priority`, `swarmId`, `id` and `metadata` (with `correlationId` etc.).
+   */
+  async publish<
+    T extends Extract<keyof M, string> | (string extends Extract<keyof M, string> ? string : never),
+  >(
+    type: T,
+    data: T extends keyof M ? M[T] : unknown,
+    options?: PublishShorthandOptions,
+  ): Promise<AgentEvent>;
+  async publish(input: EventInputFor<M>): Promise<AgentEvent>;
+  async publish(
+    input: EventInputFor<M> | string,
+    data?: unknown,
+    options?: PublishShorthandOptions,
+  ): Promise<AgentEvent> {
     if (this.state !== 'running') throw this.notRunning();
-    const event = normalizeEvent(input, this.stampSource ? this.nodeId : undefined);
+    const event = normalizeEvent(
+      (typeof input === 'string' ? this.shorthand(input, data, options) : input) as EventInputFor<M>,
+      this.stampSource ? this.nodeId : undefined,
+    );
     if (this.freeze && !Object.isFrozen(event)) Object.freeze(event);
     this.published++;
     try {
@@ -801,6 +841,21 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     return events;
   }
 
+  /** The event of `publish(type, data, options)`; options are checked like every other. */
+  private shorthand(type: string, data: unknown, options: PublishShorthandOptions | undefined): EventInput {
+    assertKnownKeys(options, PUBLISH_SHORTHAND_KEYS, '', {}, 'validation');
+    const o = options ?? {};
+    return {
+      type,
+      data,
+      agentId: o.agentId ?? this.nodeId,
+      ...(o.id === undefined ? {} : { id: o.id }),
+      ...(o.priority === undefined ? {} : { priority: o.priority }),
+      ...(o.swarmId === undefined ? {} : { swarmId: o.swarmId }),
+      ...(o.metadata === undefined ? {} : { metadata: o.metadata }),
+    };
+  }
+
   private notRunning(): EventBusError {
     return this.state === 'stopping' || this.state === 'stopped'
       ? new ClosedError()
@@ -814,13 +869,27 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
    * function carrying the subscription `id` and a `ready` promise. Throws
    * `InvalidPatternError`/`ValidationError` for bad patterns or options.
    */
+  /** Spec 001's shape, options before the handler: `subscribe('task.*', { maxConcurrency: 5 }, handler)`. */
+  subscribe<P extends string>(
+    pattern: P | readonly P[],
+    options: SubscriptionOptions<EventFor<M, P>>,
+    handler: EventHandler<EventFor<M, P>>,
+  ): Unsubscribe;
   subscribe<P extends string>(
     pattern: P | readonly P[],
     handler: EventHandler<EventFor<M, P>>,
-    options: SubscriptionOptions<EventFor<M, P>> = {},
+    options?: SubscriptionOptions<EventFor<M, P>>,
+  ): Unsubscribe;
+  subscribe<P extends string>(
+    pattern: P | readonly P[],
+    a: EventHandler<EventFor<M, P>> | SubscriptionOptions<EventFor<M, P>>,
+    b?: EventHandler<EventFor<M, P>> | SubscriptionOptions<EventFor<M, P>>,
   ): Unsubscribe {
+    const swapped = typeof a !== 'function' && typeof b === 'function';
+    const handler = (swapped ? b : a) as EventHandler<EventFor<M, P>>;
+    const options = ((swapped ? a : b) ?? {}) as SubscriptionOptions<EventFor<M, P>>;
     if (typeof handler !== 'function') throw new ValidationError('handler', 'must be a function');
-    assertKnownKeys(options, SUBSCRIPTION_KEYS, '', {}, 'validation');
+    assertKnownKeys(options, SUBSCRIPTION_KEYS, '', SUBSCRIPTION_HINTS, 'validation');
     return this.addSubscription(pattern, handler as EventHandler, options as SubscriptionOptions, null);
   }
 
