@@ -12,6 +12,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 echo "[qe] lint (biome)"
 biome check . || status=1
+echo "[qe] build the broker program (its test runs the built JavaScript)"
+turbo run build --filter=@qe/broker... --output-logs=errors-only || status=1
 echo "[qe] typecheck + tests (turbo)"
 turbo run typecheck test --concurrency=2 --continue --output-logs=full 2>&1 | tee "$log" || status=1
 
