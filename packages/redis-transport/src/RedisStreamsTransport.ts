@@ -194,6 +194,16 @@ function nodeOf(client: RedisClient, key: string): RedisClient {
   return (nodeKey && pool?.getInstanceByKey(nodeKey)) || client;
 }
 
+/** Chunks waiting for a node's next WAIT; `short`: its last WAIT came back short. */
+interface ReplicaWaits {
+  queue: { events: number; part: number; done: (err: Error | null) => void }[];
+  busy: boolean;
+  short: boolean;
+}
+
+/** WAIT timeout on a node whose last WAIT came back short. */
+const SHORT_WAIT_MS = 20;
+
 /** How long `healthCheck()` reports writes whose replication could not be confirmed. */
 export const UNREPLICATED_REPORT_MS = 60_000;
 /** How often a Cluster transport probes every partition's node. */
@@ -895,53 +905,97 @@ export class RedisStreamsTransport implements Transport {
   }
 
   /**
-   * `WAIT wait timeoutMs` on the node of partition `part`, right after the
-   * publish script there (same connection, so it covers that write). Returns
-   * null when enough replicas confirmed, otherwise the error the chunk's
-   * publishes reject with (the write is on the master; counted, logged and
-   * reported by health as unreplicated).
+   * Resolves once `WAIT wait timeoutMs`, sent on the connection of partition
+   * `part`'s node after its publish script there (so it covers that write),
+   * has answered: null when enough replicas confirmed, otherwise the error the
+   * chunk's publishes reject with (the write is on the master; counted, logged
+   * and reported by health as unreplicated).
+   *
+   * WAIT blocks the node's connection, so there is at most one per node at a
+   * time: chunks confirmed by the master meanwhile wait for the next one,
+   * which covers them all. While the last WAIT on a node came back short (a
+   * replica missing, a promoted master without one) the next ones wait only
+   * `SHORT_WAIT_MS`, so what is queued behind them on that node is not held up
+   * `timeoutMs` each time.
    */
-  private async waitReplicas(client: RedisClient, part: number, events: number): Promise<Error | null> {
-    const { wait, timeoutMs } = this.options.replicas!;
+  private waitReplicas(client: RedisClient, part: number, events: number): Promise<Error | null> {
     const key = this.keys.stream(part, 0);
-    let acked = -1;
-    let err: Error;
-    try {
-      const cmd = new OnceCommand('wait', [wait, timeoutMs], key, false);
-      acked = Number(await dispatch(nodeOf(client, key), cmd));
-      if (acked >= wait) {
-        this.counters.replicated += events;
-        return null;
+    const node = nodeOf(client, key);
+    let w = this.replicaWaits.get(node);
+    if (!w) this.replicaWaits.set(node, (w = { queue: [], busy: false, short: false }));
+    const waiter = w;
+    return new Promise<Error | null>((done) => {
+      waiter.queue.push({ events, part, done });
+      if (!waiter.busy) void this.runWaits(node, key, waiter);
+    });
+  }
+
+  private async runWaits(node: RedisClient, key: string, w: ReplicaWaits): Promise<void> {
+    w.busy = true;
+    const { wait } = this.options.replicas!;
+    while (w.queue.length > 0) {
+      const batch = w.queue;
+      w.queue = [];
+      let events = 0;
+      for (const b of batch) events += b.events;
+      const timeoutMs = w.short ? SHORT_WAIT_MS : this.options.replicas!.timeoutMs;
+      let acked = -1;
+      let err: Error | null = null;
+      try {
+        acked = Number(await dispatch(node, new OnceCommand('wait', [wait, timeoutMs], key, false)));
+        if (acked < wait)
+          err = new TimeoutError(
+            `publish written but confirmed by ${acked} of ${wait} replicas within ${timeoutMs} ms (a failover may lose it)`,
+            { details: { stored: 'unreplicated', replicas: acked, wanted: wait, timeoutMs } },
+          );
+      } catch (e) {
+        err = new TransportError(
+          `publish written but its replication could not be confirmed: ${(e as Error).message}`,
+          {
+            cause: e,
+            details: { stored: 'unreplicated', replicas: null, wanted: wait },
+          },
+        );
       }
-      err = new TimeoutError(
-        `publish written but confirmed by ${acked} of ${wait} replicas within ${timeoutMs} ms (a failover may lose it)`,
-        { details: { stored: 'unreplicated', replicas: acked, wanted: wait, timeoutMs, events } },
-      );
-    } catch (e) {
-      err = new TransportError(
-        `publish written but its replication could not be confirmed: ${(e as Error).message}`,
-        { cause: e, details: { stored: 'unreplicated', replicas: null, wanted: wait, events } },
-      );
+      if (err) {
+        w.short = true;
+        this.noteUnreplicated([...new Set(batch.map((b) => b.part))], events, acked, wait, timeoutMs, err);
+      } else {
+        w.short = false;
+        this.counters.replicated += events;
+      }
+      for (const b of batch) b.done(err);
     }
+    w.busy = false;
+  }
+
+  private noteUnreplicated(
+    partitions: number[],
+    events: number,
+    acked: number,
+    wait: number,
+    timeoutMs: number,
+    err: Error,
+  ): void {
     this.counters.unreplicated += events;
     const now = Date.now();
     this.lastUnreplicated = { at: now, events, acked, wanted: wait };
-    if (now - this.unreplicatedLoggedAt >= 1000) {
-      this.unreplicatedLoggedAt = now;
-      this.logger.warn('redis: publish not confirmed by enough replicas', {
-        partition: part,
-        events,
-        replicas: acked,
-        wanted: wait,
-        timeoutMs,
-        unreplicatedTotal: this.counters.unreplicated,
-        error: err.message,
-      });
-    }
-    return err;
+    if (now - this.unreplicatedLoggedAt < 1000) return;
+    this.unreplicatedLoggedAt = now;
+    this.logger.warn('redis: publish not confirmed by enough replicas', {
+      partitions,
+      events,
+      replicas: acked,
+      wanted: wait,
+      timeoutMs,
+      unreplicatedTotal: this.counters.unreplicated,
+      error: err.message,
+    });
   }
 
   private unreplicatedLoggedAt = 0;
+  /** One WAIT at a time per node connection (see `waitReplicas`). */
+  private readonly replicaWaits = new Map<RedisClient, ReplicaWaits>();
 
   private noteTrimmedUnread(n: number): void {
     this.counters.trimmedUnread += n;
