@@ -1558,13 +1558,12 @@ class StreamConsumer implements TransportConsumer {
     while (await this.waitUntilRunnable()) {
       try {
         const client = t.requireClient();
-        const r = (await send(
+        // cancellable by close(): a read waiting on a dead node must not hold it up
+        const r = await this.read(
           client,
-          'xreadgroup',
           ['GROUP', this.group, this.me, 'COUNT', this.readCount(), 'STREAMS', ...keys, ...ids],
           keys[0]!,
-          true,
-        )) as RawRead;
+        );
         if (backoff > 0) t.markPartition(p, null);
         backoff = 0;
         const got = r ? this.handleRead(r) : 0;
