@@ -514,9 +514,17 @@ async function main() {
     targets['c3-async'] = { cluster: three.nodes };
     targets['c3-wait'] = { cluster: three.nodes, wait: 1 };
   }
+  // an interrupted run stops its Clusters too
+  const onSignal = (sig: NodeJS.Signals) => {
+    void Promise.all(clusters.map((c) => c.stop())).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     await rounds();
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await Promise.all(clusters.map((c) => c.stop()));
   }
   async function rounds() {

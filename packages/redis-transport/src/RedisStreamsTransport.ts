@@ -196,7 +196,8 @@ function nodeOf(client: RedisClient, key: string): RedisClient {
 
 /** Chunks waiting for a node's next WAIT; `short`: its last WAIT came back short. */
 interface ReplicaWaits {
-  queue: { events: number; part: number; done: (err: Error | null) => void }[];
+  /** `socket`: the connection the chunk's script went out on; a WAIT on another one does not cover it. */
+  queue: { events: number; part: number; socket: unknown; done: (err: Error | null) => void }[];
   busy: boolean;
   short: boolean;
 }
@@ -858,7 +859,9 @@ export class RedisStreamsTransport implements Transport {
             const lost = Number((reply as [number, number] | null)?.[1] ?? 0);
             if (lost > 0) this.noteTrimmedUnread(lost);
             // replicated acks: resolve only once enough replicas have the chunk
-            const unreplicated = replicas ? await this.waitReplicas(client, part, owners.length) : null;
+            const unreplicated = replicas
+              ? await this.waitReplicas(client, part, owners.length, chunk.cmd?.writtenOn)
+              : null;
             if (chunk.done) return; // the publish deadline passed meanwhile: the caller was told `unknown`
             chunk.done = true;
             for (const p of owners) this.finishPublish(p, unreplicated, 1);
@@ -918,14 +921,19 @@ export class RedisStreamsTransport implements Transport {
    * `SHORT_WAIT_MS`, so what is queued behind them on that node is not held up
    * `timeoutMs` each time.
    */
-  private waitReplicas(client: RedisClient, part: number, events: number): Promise<Error | null> {
+  private waitReplicas(
+    client: RedisClient,
+    part: number,
+    events: number,
+    socket: unknown,
+  ): Promise<Error | null> {
     const key = this.keys.stream(part, 0);
     const node = nodeOf(client, key);
     let w = this.replicaWaits.get(node);
     if (!w) this.replicaWaits.set(node, (w = { queue: [], busy: false, short: false }));
     const waiter = w;
     return new Promise<Error | null>((done) => {
-      waiter.queue.push({ events, part, done });
+      waiter.queue.push({ events, part, socket, done });
       if (!waiter.busy) void this.runWaits(node, key, waiter);
     });
   }
@@ -936,13 +944,12 @@ export class RedisStreamsTransport implements Transport {
     while (w.queue.length > 0) {
       const batch = w.queue;
       w.queue = [];
-      let events = 0;
-      for (const b of batch) events += b.events;
       const timeoutMs = w.short ? SHORT_WAIT_MS : this.options.replicas!.timeoutMs;
+      const cmd = new OnceCommand('wait', [wait, timeoutMs], key, false);
       let acked = -1;
       let err: Error | null = null;
       try {
-        acked = Number(await dispatch(node, new OnceCommand('wait', [wait, timeoutMs], key, false)));
+        acked = Number(await dispatch(node, cmd));
         if (acked < wait)
           err = new TimeoutError(
             `publish written but confirmed by ${acked} of ${wait} replicas within ${timeoutMs} ms (a failover may lose it)`,
@@ -957,14 +964,30 @@ export class RedisStreamsTransport implements Transport {
           },
         );
       }
-      if (err) {
-        w.short = true;
-        this.noteUnreplicated([...new Set(batch.map((b) => b.part))], events, acked, wait, timeoutMs, err);
-      } else {
-        w.short = false;
-        this.counters.replicated += events;
+      w.short = err !== null;
+      let confirmed = 0;
+      let unconfirmed = 0;
+      const parts = new Set<number>();
+      let moved: Error | undefined;
+      for (const b of batch) {
+        // the connection dropped between the script and the WAIT: this WAIT says nothing of it
+        const e =
+          err ??
+          (b.socket === cmd.writtenOn
+            ? null
+            : (moved ??= new TransportError(
+                'publish written but the connection changed before WAIT: its replication could not be confirmed',
+                { details: { stored: 'unreplicated', replicas: null, wanted: wait } },
+              )));
+        if (e) {
+          unconfirmed += b.events;
+          parts.add(b.part);
+        } else confirmed += b.events;
+        b.done(e);
       }
-      for (const b of batch) b.done(err);
+      this.counters.replicated += confirmed;
+      if (unconfirmed > 0)
+        this.noteUnreplicated([...parts], unconfirmed, acked, wait, timeoutMs, err ?? moved!);
     }
     w.busy = false;
   }
