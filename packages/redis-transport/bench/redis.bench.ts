@@ -573,7 +573,7 @@ function printCluster(rows: Record<ClusterRow, PairResult[]>) {
   const base = median(rows.single.map((r) => r.eps));
   console.log(
     `\n## Cluster: QEEventBus publish() on RedisStreams, ${fmt(CLUSTER_N)} events, ${INFLIGHT} in flight, 6 partitions (median of ${ROUNDS})` +
-      '\n                                              events/s  ratio   p50 / p99 publish-to-handler   CPU µs/event producer / consumer   unreplicated',
+      '\n                                              events/s  ratio   p50 / p99 publish-to-handler   CPU µs/event producer / consumer   unreplicated / failed publishes',
   );
   for (const [name, row] of [
     ['single node (REDIS_URL)                     ', 'single'],
@@ -587,7 +587,7 @@ function printCluster(rows: Record<ClusterRow, PairResult[]>) {
     const q = (k: string) => median(rs.map((r) => r.hist[k]!));
     const cpu = [0, 1].map((k) => median(rs.map((r) => r.cpu[k]!)).toFixed(1)).join(' / ');
     console.log(
-      `${name}  ${fmt(eps).padStart(9)}  ${(eps / base).toFixed(2).padStart(5)}   ${`${ms(q('p50'))} / ${ms(q('p99'))}`.padEnd(30)}${cpu.padEnd(35)}${rs.reduce((a, r) => a + r.unreplicated, 0)}`,
+      `${name}  ${fmt(eps).padStart(9)}  ${(eps / base).toFixed(2).padStart(5)}   ${`${ms(q('p50'))} / ${ms(q('p99'))}`.padEnd(30)}${cpu.padEnd(35)}${rs.reduce((a, r) => a + r.unreplicated, 0)} / ${rs.reduce((a, r) => a + r.failed, 0)}`,
     );
   }
 }

@@ -1332,7 +1332,9 @@ export class RedisStreamsTransport implements Transport {
     return {
       ...this.counters,
       pendingPublishes: this.inFlightEvents,
-      connections: this.isConnected() ? 1 + this.consumers.size : 0,
+      // open connections, whether or not every partition answers (isConnected() also says that)
+      connections: this.connected && this.client?.status === 'ready' ? 1 + this.consumers.size : 0,
+      unavailablePartitions: this.partitionsDown.size,
       consumers: this.consumers.size,
     };
   }

@@ -213,6 +213,7 @@ describe('cluster: a dead master and its replica, nobody taking over its slots (
         expect(u.slot).toBe(t.partitionWhere(u.partition).slot);
       }
       expect(h.reasons.join('\n')).toMatch(/partitions unavailable/);
+      expect(t.stats().unavailablePartitions).toBe(dead.length);
       console.info(`[health] answered in ${took.toFixed(0)} ms: ${h.reasons[0]}`);
     }
     expect((await producer.healthCheck()).status).toBe('degraded');
