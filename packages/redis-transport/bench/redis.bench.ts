@@ -13,6 +13,12 @@
  * events (the same JSON: see `rawEvent`), alternating in every round (QE_BENCH_ROUNDS, default 3); the summary is
  * the median of the rounds, with the ratio to raw and the CPU time each
  * process (and a local redis-server) spent per event.
+ * 3. Cluster (mode `cluster`): the bus's max throughput (QE_BENCH_CLUSTER_EVENTS,
+ *    default 30,000 events, 1,000 in flight, 6 partitions) on local Clusters the
+ *    run starts and stops itself (1 master + 1 replica on ports 7456-7457, 3
+ *    masters + 3 replicas on 7450-7455), each without and with replicated acks
+ *    (`replicas: { wait: 1 }`), beside the single node moving the same events.
+ *    QE_BENCH_MODES=cluster runs these rows only; QE_BENCH_MODES=max,open leaves them out.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -22,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { epochNow, LatencyHistogram, QEEventBus } from '@qe/core';
 import { Redis } from 'ioredis';
 import { RedisPubSubTransport, RedisStreamsTransport } from '../src/index.js';
+import { type LocalCluster, startCluster } from '../test/cluster.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const N = Number(process.env.QE_BENCH_EVENTS ?? 200_000);
@@ -30,7 +37,26 @@ const WARMUP = Number(process.env.QE_BENCH_WARMUP ?? 1);
 const RATE = Number(process.env.QE_BENCH_RATE ?? 10_000);
 const ROUNDS = Math.max(1, Number(process.env.QE_BENCH_ROUNDS ?? 3));
 /** Which parts run: `max`, `open` or both (the default), for example QE_BENCH_MODES=open. */
-const MODES = new Set((process.env.QE_BENCH_MODES ?? 'max,open').split(','));
+const MODES = new Set((process.env.QE_BENCH_MODES ?? 'max,open,cluster').split(','));
+const CLUSTER_N = Number(process.env.QE_BENCH_CLUSTER_EVENTS ?? 30_000);
+
+/**
+ * Where a bus child connects (env QE_BENCH_TARGET, JSON): the single node at
+ * REDIS_URL, or a Cluster's seed nodes, with replicated acks or not.
+ */
+interface Target {
+  cluster?: { host: string; port: number }[];
+  wait?: number;
+}
+const TARGET: Target = JSON.parse(process.env.QE_BENCH_TARGET ?? '{}') as Target;
+const streamsOptions = () =>
+  TARGET.cluster
+    ? {
+        cluster: { nodes: TARGET.cluster },
+        partitions: 6,
+        ...(TARGET.wait ? { replicas: { wait: TARGET.wait, timeoutMs: 1000 } } : {}),
+      }
+    : { url: URL_ };
 const INFLIGHT = 1000;
 const STREAM_FIELD = 'e';
 const payload = (i: number, at: number) => ({
@@ -154,7 +180,7 @@ async function rawConsumer(prefix: string, total: number, warm: number) {
 async function busConsumer(prefix: string, total: number, warm: number) {
   const bus = new QEEventBus({
     nodeId: 'bench-consumer',
-    transport: new RedisStreamsTransport({ url: URL_, keyPrefix: prefix }),
+    transport: new RedisStreamsTransport({ ...streamsOptions(), keyPrefix: prefix }),
   });
   await bus.start();
   let finish!: () => void;
@@ -207,6 +233,7 @@ async function pubsubConsumer(kind: 'raw-ps' | 'bus-ps', prefix: string, total: 
 }
 
 async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
+  let stats = (): Record<string, unknown> => ({});
   let publish: (i: number, at: number) => Promise<unknown>;
   let close: () => Promise<unknown>;
   if (kind === 'raw') {
@@ -225,9 +252,10 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
       transport:
         kind === 'bus-ps'
           ? new RedisPubSubTransport({ url: URL_, keyPrefix: prefix })
-          : new RedisStreamsTransport({ url: URL_, keyPrefix: prefix }),
+          : new RedisStreamsTransport({ ...streamsOptions(), keyPrefix: prefix }),
     });
     await bus.start();
+    stats = () => bus.transport.stats();
     const event = (i: number, at: number) => ({
       type: 'bench.work',
       agentId: `agent-${i % 16}`,
@@ -307,6 +335,7 @@ async function produce(kind: Kind, mode: Mode, prefix: string, total: number) {
     cpuMs: cpuMs() - cpu0,
     gcMs: gc.ms - gc0,
     rss: process.memoryUsage.rss(),
+    unreplicated: Number(stats().unreplicated ?? 0),
   });
   await close();
 }
@@ -320,6 +349,7 @@ function child(
   prefix: string,
   total: number,
   warm: number,
+  target: Target = {},
 ): { proc: ChildProcess; next: () => Promise<Record<string, unknown>> } {
   const proc = spawn(
     process.execPath,
@@ -337,7 +367,10 @@ function child(
       String(total),
       String(warm),
     ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, QE_BENCH_TARGET: JSON.stringify(target) },
+    },
   );
   const queue: Record<string, unknown>[] = [];
   const waiters: ((m: Record<string, unknown>) => void)[] = [];
@@ -388,18 +421,33 @@ interface PairResult {
   cpu: [number, number, number];
   /** GC pause ms per 10,000 events: producer, consumer. */
   gc: [number, number];
+  /** Events whose replication WAIT could not confirm (replicated acks). */
+  unreplicated: number;
 }
 
-async function runPair(kind: Kind, mode: Mode, total: number, warm: number): Promise<PairResult> {
+async function runPair(
+  kind: Kind,
+  mode: Mode,
+  total: number,
+  warm: number,
+  target: Target = {},
+): Promise<PairResult> {
   const prefix = `qe-bench:${kind}:${mode}:${Date.now().toString(36)}`;
   const r = new Redis(URL_);
-  const consumer = child('consumer', kind, mode, prefix, total, warm);
+  const consumer = child('consumer', kind, mode, prefix, total, warm, target);
   await consumer.next(); // ready
-  const redis0 = await redisCpuMs(r);
-  const producer = child('producer', kind, mode, prefix, total, warm);
+  // a Cluster's redis-servers are not measured (several processes); its keys go with it
+  const redis0 = target.cluster ? undefined : await redisCpuMs(r);
+  const producer = child('producer', kind, mode, prefix, total, warm, target);
+  const exited = (c: ChildProcess) =>
+    new Promise<void>((r) =>
+      c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r()),
+    );
   const pub = await producer.next();
   const done = await consumer.next();
-  const redis1 = await redisCpuMs(r);
+  const redis1 = target.cluster ? undefined : await redisCpuMs(r);
+  // both closed before the next pair starts (and before the run stops its Clusters)
+  await Promise.all([exited(producer.proc), exited(consumer.proc)]);
   // from the first publish to the last event handled: process start-up is not the pipeline's cost
   const elapsed = Number(done.lastAt) - Number(pub.startedAt);
   let cursor = '0';
@@ -422,6 +470,7 @@ async function runPair(kind: Kind, mode: Mode, total: number, warm: number): Pro
       perEvent(redis0 === undefined || redis1 === undefined ? undefined : redis1 - redis0),
     ],
     gc: [(Number(pub.gcMs) * 10_000) / total, (Number(done.gcMs) * 10_000) / total],
+    unreplicated: Number(pub.unreplicated ?? 0),
   };
 }
 
@@ -444,30 +493,103 @@ async function main() {
   const open: Record<OpenKind, PairResult[]> = { raw: [], bus: [], 'raw-ps': [], 'bus-ps': [] };
   const openTotal = Math.round(RATE * (WARMUP + SECONDS));
   const openWarm = Math.round(RATE * WARMUP);
-  for (let round = 1; round <= ROUNDS; round++) {
-    const line: string[] = [`round ${round}:`];
-    if (MODES.has('max')) {
-      for (const kind of ['raw', 'bus', 'bus-batch'] as const)
-        max[kind].push(await runPair(kind, 'max', N, 0));
-      const last = (k: MaxKind) => max[k][round - 1]!;
-      line.push(
-        `max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s`,
-      );
-    }
-    if (MODES.has('open')) {
-      for (const kind of OPEN_KINDS) open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
-      const lastO = (k: OpenKind) => open[k][round - 1]!;
-      line.push(
-        `open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}` +
-          ` | pub/sub raw ${ms(lastO('raw-ps').hist.p99!)}  bus ${ms(lastO('bus-ps').hist.p99!)}`,
-      );
-    }
-    console.log(line.join(' | '));
+  const clusterRows: Record<ClusterRow, PairResult[]> = {
+    single: [],
+    'c1-async': [],
+    'c1-wait': [],
+    'c3-async': [],
+    'c3-wait': [],
+  };
+  const clusters: LocalCluster[] = [];
+  const targets = {} as Record<ClusterRow, Target>;
+  if (MODES.has('cluster')) {
+    const [one, three] = await Promise.all([
+      startCluster(7456, { masters: 1, replicas: 1 }),
+      startCluster(7450, { masters: 3, replicas: 1 }),
+    ]);
+    clusters.push(one, three);
+    targets.single = {};
+    targets['c1-async'] = { cluster: one.nodes };
+    targets['c1-wait'] = { cluster: one.nodes, wait: 1 };
+    targets['c3-async'] = { cluster: three.nodes };
+    targets['c3-wait'] = { cluster: three.nodes, wait: 1 };
   }
-  const failed = [...Object.values(max), ...Object.values(open)].flat().reduce((a, r) => a + r.failed, 0);
+  // an interrupted run stops its Clusters too
+  const onSignal = (sig: NodeJS.Signals) => {
+    void Promise.all(clusters.map((c) => c.stop())).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await rounds();
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await Promise.all(clusters.map((c) => c.stop()));
+  }
+  async function rounds() {
+    for (let round = 1; round <= ROUNDS; round++) {
+      const line: string[] = [`round ${round}:`];
+      if (MODES.has('max')) {
+        for (const kind of ['raw', 'bus', 'bus-batch'] as const)
+          max[kind].push(await runPair(kind, 'max', N, 0));
+        const last = (k: MaxKind) => max[k][round - 1]!;
+        line.push(
+          `max raw ${fmt(last('raw').eps)}  bus ${fmt(last('bus').eps)}  batch ${fmt(last('bus-batch').eps)} events/s`,
+        );
+      }
+      if (MODES.has('open')) {
+        for (const kind of OPEN_KINDS) open[kind].push(await runPair(kind, 'open', openTotal, openWarm));
+        const lastO = (k: OpenKind) => open[k][round - 1]!;
+        line.push(
+          `open p99 raw ${ms(lastO('raw').hist.p99!)}  bus ${ms(lastO('bus').hist.p99!)}` +
+            ` | pub/sub raw ${ms(lastO('raw-ps').hist.p99!)}  bus ${ms(lastO('bus-ps').hist.p99!)}`,
+        );
+      }
+      if (MODES.has('cluster')) {
+        for (const row of CLUSTER_ROWS)
+          clusterRows[row].push(await runPair('bus', 'max', CLUSTER_N, 0, targets[row]));
+        const lastC = (k: ClusterRow) => fmt(clusterRows[k][round - 1]!.eps);
+        line.push(
+          `cluster single ${lastC('single')}  1 master ${lastC('c1-async')} / wait ${lastC('c1-wait')}  3 masters ${lastC('c3-async')} / wait ${lastC('c3-wait')} events/s`,
+        );
+      }
+      console.log(line.join(' | '));
+    }
+  }
+  const failed = [...Object.values(max), ...Object.values(open), ...Object.values(clusterRows)]
+    .flat()
+    .reduce((a, r) => a + r.failed, 0);
   if (failed > 0) console.log(`!! ${failed} publishes failed`);
   if (MODES.has('max')) printMax(max);
   if (MODES.has('open')) printOpen(open);
+  if (MODES.has('cluster')) printCluster(clusterRows);
+}
+
+const CLUSTER_ROWS = ['single', 'c1-async', 'c1-wait', 'c3-async', 'c3-wait'] as const;
+type ClusterRow = (typeof CLUSTER_ROWS)[number];
+
+function printCluster(rows: Record<ClusterRow, PairResult[]>) {
+  const base = median(rows.single.map((r) => r.eps));
+  console.log(
+    `\n## Cluster: QEEventBus publish() on RedisStreams, ${fmt(CLUSTER_N)} events, ${INFLIGHT} in flight, 6 partitions (median of ${ROUNDS})` +
+      '\n                                              events/s  ratio   p50 / p99 publish-to-handler   CPU µs/event producer / consumer   unreplicated / failed publishes',
+  );
+  for (const [name, row] of [
+    ['single node (REDIS_URL)                     ', 'single'],
+    ['Cluster 1 master + 1 replica                ', 'c1-async'],
+    ['Cluster 1 master + 1 replica, WAIT 1        ', 'c1-wait'],
+    ['Cluster 3 masters + 3 replicas              ', 'c3-async'],
+    ['Cluster 3 masters + 3 replicas, WAIT 1      ', 'c3-wait'],
+  ] as const) {
+    const rs = rows[row];
+    const eps = median(rs.map((r) => r.eps));
+    const q = (k: string) => median(rs.map((r) => r.hist[k]!));
+    const cpu = [0, 1].map((k) => median(rs.map((r) => r.cpu[k]!)).toFixed(1)).join(' / ');
+    console.log(
+      `${name}  ${fmt(eps).padStart(9)}  ${(eps / base).toFixed(2).padStart(5)}   ${`${ms(q('p50'))} / ${ms(q('p99'))}`.padEnd(30)}${cpu.padEnd(35)}${rs.reduce((a, r) => a + r.unreplicated, 0)} / ${rs.reduce((a, r) => a + r.failed, 0)}`,
+    );
+  }
 }
 
 function printMax(max: Record<MaxKind, PairResult[]>) {

@@ -33,7 +33,7 @@ import {
   type TransportStats,
 } from '@qe/core';
 import { Cluster, Redis } from 'ioredis';
-import { dispatch, LeanCommand, send } from './command.js';
+import { dispatch, keySlot, LeanCommand, send } from './command.js';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
@@ -167,6 +167,60 @@ function runScript(
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/**
+ * A command written at most once: if ioredis would write it again (a resend
+ * after a reconnect), it fails instead. For WAIT, whose answer counts the
+ * replicas of the writes made on the connection it is sent on: sent again on
+ * a new connection (or routed to another node), it would confirm writes it
+ * never saw.
+ */
+class OnceCommand extends LeanCommand {
+  override toWritable(socket?: unknown): string | Buffer {
+    if (this.written) this.cancel(new Error('connection lost before Redis answered'));
+    return super.toWritable(socket);
+  }
+}
+
+/**
+ * The connection a Cluster uses for `key`'s node (the one the publish script
+ * went through), so a command on it is never redirected to another node;
+ * the client itself when standalone.
+ */
+function nodeOf(client: RedisClient, key: string): RedisClient {
+  if (!(client instanceof Cluster)) return client;
+  const nodeKey = client.slots[keySlot(key)]?.[0];
+  const pool = (client as unknown as { connectionPool?: { getInstanceByKey(k: string): Redis | undefined } })
+    .connectionPool;
+  return (nodeKey && pool?.getInstanceByKey(nodeKey)) || client;
+}
+
+/** Chunks waiting for a node's next WAIT; `short`: its last WAIT came back short. */
+interface ReplicaWaits {
+  /** `socket`: the connection the chunk's script went out on; a WAIT on another one does not cover it. */
+  queue: { events: number; part: number; socket: unknown; done: (err: Error | null) => void }[];
+  busy: boolean;
+  short: boolean;
+}
+
+/** WAIT timeout on a node whose last WAIT came back short. */
+const SHORT_WAIT_MS = 20;
+
+/** How long `healthCheck()` reports writes whose replication could not be confirmed. */
+export const UNREPLICATED_REPORT_MS = 60_000;
+/** How often a Cluster transport probes every partition's node. */
+const PROBE_EVERY_MS = 1000;
+
+/** Resolves with `p`'s value, or `fallback` after `ms`. */
+function within<T>(p: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((r) => {
+      timer = setTimeout(() => r(fallback), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
 export function createClient(o: ResolvedOptions): RedisClient {
   return o.cluster ? new Cluster(o.cluster.nodes, o.cluster.options) : new Redis(o.redis);
 }
@@ -178,11 +232,54 @@ function isField(name: Buffer, c: number): boolean {
 const FIELD_E = 0x65; // 'e': the frame
 const FIELD_T = 0x74; // 't': publish time, ms
 
-/** The frame (field `e`) of a stream entry read back for history or replay. */
-function frameOf(fields: Buffer[] | null): Buffer | undefined {
+const FIELD_O = 0x6f; // 'o': the publisher's clock (see RedisStreamsTransport.tick)
+const FIELD_P = 0x70; // 'p': the publisher's id
+
+/**
+ * Where an entry read back for history or replay stands in publish order: the
+ * publisher's clock and id (fields `o`, `p`), then the stream id and key. An
+ * entry written without them (before this field existed, a promoted retry, a
+ * redrive) stands at its stream id's time (ms * 1000 + sequence, capped), as
+ * if published then by a publisher sorting first.
+ */
+interface Ordered {
+  o: number;
+  p: string;
+  id: string;
+  key: string;
+  event: AgentEvent;
+}
+
+/** The frame (field `e`) and order of a stream entry read back for history or replay. */
+function entryOf(
+  key: string,
+  idBuf: Buffer,
+  fields: Buffer[] | null,
+): { frame: Buffer | undefined; order: Omit<Ordered, 'event'> } {
+  let frame: Buffer | undefined;
+  let o: number | undefined;
+  let p = '';
   if (fields)
-    for (let i = 0; i + 1 < fields.length; i += 2) if (isField(fields[i]!, FIELD_E)) return fields[i + 1]!;
-  return undefined;
+    for (let i = 0; i + 1 < fields.length; i += 2) {
+      const k = fields[i]!;
+      if (isField(k, FIELD_E)) frame = fields[i + 1]!;
+      else if (isField(k, FIELD_O)) o = Number(fields[i + 1]!.toString('latin1'));
+      else if (isField(k, FIELD_P)) p = fields[i + 1]!.toString();
+    }
+  const id = idBuf.toString('latin1');
+  if (o === undefined || !Number.isFinite(o)) {
+    const dash = id.indexOf('-');
+    o = Number(id.slice(0, dash)) * 1000 + Math.min(999, Number(id.slice(dash + 1)));
+    p = '';
+  }
+  return { frame, order: { o, p, id, key } };
+}
+
+/** Publish order across streams and masters: publisher clock, publisher id, then stream id and key. */
+export function comparePublishOrder(a: Omit<Ordered, 'event'>, b: Omit<Ordered, 'event'>): number {
+  if (a.o !== b.o) return a.o - b.o;
+  if (a.p !== b.p) return a.p < b.p ? -1 : 1;
+  return compareIds(a.id, b.id) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 }
 
 /** Compares two stream ids (`ms-seq`). */
@@ -253,9 +350,25 @@ export class RedisStreamsTransport implements Transport {
     publishTimeouts: 0,
     /** Of those, events Redis applied after all (sent before the deadline, answered after it). */
     publishedAfterTimeout: 0,
+    /** Events whose replication WAIT confirmed (option `replicas`). */
+    replicated: 0,
+    /** Events written to the master whose replication could not be confirmed (WAIT: fewer than `replicas.wait`). */
+    unreplicated: 0,
+    /** Times a Cluster partition became unavailable (its node failed a read or a probe). */
+    partitionOutages: 0,
   };
+  /** Cluster partitions whose node does not answer, since when and why (see `markPartition`). */
+  private readonly partitionsDown = new Map<number, { since: number; error: string }>();
+  private prober: NodeJS.Timeout | null = null;
+  private probing: Promise<void> | null = null;
+  /** The last unreplicated write, for health: `{ at, events, acked, wanted }`. */
+  private lastUnreplicated: { at: number; events: number; acked: number; wanted: number } | null = null;
   private promoter: NodeJS.Timeout | null = null;
   private promoting = false;
+  /** This publisher's id in its entries (field `p`): node id and a random tag per transport. */
+  publisherId = '';
+  /** The last value of this publisher's clock (`tick`). */
+  private clock = 0;
 
   constructor(options: RedisTransportOptions = {}) {
     this.options = resolveOptions(options);
@@ -285,6 +398,7 @@ export class RedisStreamsTransport implements Transport {
     if (this.closed) throw new ClosedError('this redis transport was closed; create a new one');
     if (this.connected) return;
     this.nodeId = context.nodeId;
+    this.publisherId = `${context.nodeId}/${randomBytes(4).toString('hex')}`;
     this.logger = context.logger;
     this.reportError = context.onError;
     const client = createClient(this.options);
@@ -308,6 +422,10 @@ export class RedisStreamsTransport implements Transport {
       if (!this.promoting) void this.track(this.promoteDue().then(() => {}));
     }, this.options.delayedPollMs);
     this.promoter.unref();
+    if (client instanceof Cluster) {
+      this.prober = setInterval(() => void this.probePartitions(), PROBE_EVERY_MS);
+      this.prober.unref();
+    }
   }
 
   /** Connection errors come in bursts while Redis is away: report at most one per second. */
@@ -319,8 +437,131 @@ export class RedisStreamsTransport implements Transport {
     this.reportError(new TransportError(`redis: ${err.message}`, { cause: err }));
   }
 
+  /**
+   * The connection's real state; on a Cluster also false while some partition's
+   * node does not answer (its events can be neither published nor read, see
+   * `unavailablePartitions()`).
+   */
   isConnected(): boolean {
-    return this.connected && !this.closed && this.client !== null && this.client.status === 'ready';
+    return (
+      this.connected &&
+      !this.closed &&
+      this.client !== null &&
+      this.client.status === 'ready' &&
+      this.partitionsDown.size === 0
+    );
+  }
+
+  // ------------------------------------------------------------------ cluster partitions
+
+  /** Partitions (Cluster) whose node does not answer now, with their slot and node. */
+  unavailablePartitions(): {
+    partition: number;
+    slot: number;
+    node: string | undefined;
+    since: number;
+    error: string;
+  }[] {
+    return [...this.partitionsDown]
+      .sort(([a], [b]) => a - b)
+      .map(([partition, d]) => ({
+        partition,
+        ...this.partitionWhere(partition),
+        since: d.since,
+        error: d.error,
+      }));
+  }
+
+  isPartitionDown(p: number): boolean {
+    return this.partitionsDown.has(p);
+  }
+
+  /** The slot of a partition and the node ioredis routes it to (`host:port`). */
+  partitionWhere(p: number): { slot: number; node: string | undefined } {
+    const slot = keySlot(this.keys.tag(p));
+    const c = this.client;
+    return { slot, node: c instanceof Cluster ? c.slots[slot]?.[0] : undefined };
+  }
+
+  /**
+   * What a read, a publish or a probe learnt about partition `p`'s node on a
+   * Cluster: `err` marks it unavailable (logged and reported as an error once
+   * per outage), `null` available again.
+   */
+  markPartition(p: number, err: Error | null): void {
+    if (!this.options.cluster || this.closed) return;
+    const was = this.partitionsDown.get(p);
+    if (err) {
+      if (was) {
+        was.error = err.message;
+        return;
+      }
+      this.partitionsDown.set(p, { since: Date.now(), error: err.message });
+      this.counters.partitionOutages++;
+      const { slot, node } = this.partitionWhere(p);
+      const down = [...this.partitionsDown.keys()].sort((a, b) => a - b);
+      this.logger.warn('redis cluster degraded: a partition is unavailable', {
+        partition: p,
+        slot,
+        node,
+        unavailable: down,
+        error: err.message,
+      });
+      this.reportError(
+        new TransportError(
+          `redis cluster degraded: partition ${p} (slot ${slot}${node ? ` on ${node}` : ''}) unavailable: ${err.message}`,
+          { cause: err, details: { partition: p, slot, node, unavailable: down } },
+        ),
+      );
+    } else if (was) {
+      this.partitionsDown.delete(p);
+      this.logger.info('redis cluster: partition available again', {
+        partition: p,
+        downMs: Date.now() - was.since,
+      });
+    }
+  }
+
+  /** One cheap keyed command (EXISTS) to partition `p`'s node, bounded by `probeTimeoutMs`. */
+  private probePartition(client: RedisClient, p: number): Promise<Error | null> {
+    const key = this.keys.stream(p, 0);
+    const cmd = new LeanCommand('exists', [key], key, false);
+    const ms = this.options.probeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      dispatch(client, cmd).then(
+        () => null,
+        (e: Error) => e,
+      ),
+      new Promise<Error>((r) => {
+        timer = setTimeout(() => {
+          const e = new Error(`no answer within ${ms} ms`);
+          cmd.cancel(e);
+          r(e);
+        }, ms);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Probes every partition's node at once (Cluster; every second, and by
+   * `healthCheck()`), so an outage is known within about `probeTimeoutMs` even
+   * on a node that only publishes. Concurrent callers share one round.
+   */
+  probePartitions(): Promise<void> {
+    const client = this.client;
+    if (!(client instanceof Cluster) || this.closed) return Promise.resolve();
+    this.probing ??= (async () => {
+      try {
+        const errs = await Promise.all(
+          Array.from({ length: this.keys.partitions }, (_, p) => this.probePartition(client, p)),
+        );
+        for (let p = 0; p < errs.length; p++) this.markPartition(p, errs[p] ?? null);
+      } finally {
+        this.probing = null;
+      }
+    })();
+    return this.probing;
   }
 
   /**
@@ -400,6 +641,8 @@ export class RedisStreamsTransport implements Transport {
   private stopPromoter(): void {
     if (this.promoter) clearInterval(this.promoter);
     this.promoter = null;
+    if (this.prober) clearInterval(this.prober);
+    this.prober = null;
   }
 
   // ------------------------------------------------------------------ delayed retries
@@ -476,6 +719,24 @@ export class RedisStreamsTransport implements Transport {
   }
 
   // ------------------------------------------------------------------ publish
+
+  /**
+   * The next value of this publisher's hybrid logical clock (field `o` of each
+   * entry): wall-clock microseconds, strictly increasing from event to event in
+   * publish order, and never behind an entry this transport has read (`observe`),
+   * so an event published in reaction to another comes after it. History and
+   * replay order entries by it, ties broken by publisher id.
+   */
+  tick(): number {
+    const now = Date.now() * 1000;
+    this.clock = now > this.clock ? now : this.clock + 1;
+    return this.clock;
+  }
+
+  /** Moves this publisher's clock past a clock value read from an entry. */
+  observe(o: number): void {
+    if (o > this.clock) this.clock = o;
+  }
 
   publish(events: readonly AgentEvent[], options?: PublishOptions): Promise<void> {
     if (this.closed || !this.client)
@@ -567,6 +828,7 @@ export class RedisStreamsTransport implements Transport {
     }
     const trim = this.trimArgs();
     const keys = this.keys;
+    const replicas = this.options.replicas;
     const calls: Promise<void>[] = [];
     const chunks: Chunk[] = [];
     const timeoutMs = this.options.publishTimeoutMs;
@@ -585,19 +847,24 @@ export class RedisStreamsTransport implements Transport {
         runScript(
           client,
           PUBLISH_5_SCRIPT,
-          [...keys.streams(part), trim[0], trim[1], trim[2], ...args],
+          [...keys.streams(part), trim[0], trim[1], trim[2], this.publisherId, ...args],
           onSend,
         ).then(
-          (reply) => {
+          async (reply) => {
             if (chunk.done) {
               // sent, then timed out, then applied after all: the caller was told `unknown`
               this.counters.publishedAfterTimeout += owners.length;
               return;
             }
-            chunk.done = true;
             const lost = Number((reply as [number, number] | null)?.[1] ?? 0);
             if (lost > 0) this.noteTrimmedUnread(lost);
-            for (const p of owners) this.finishPublish(p, null, 1);
+            // replicated acks: resolve only once enough replicas have the chunk
+            const unreplicated = replicas
+              ? await this.waitReplicas(client, part, owners.length, chunk.cmd?.writtenOn)
+              : null;
+            if (chunk.done) return; // the publish deadline passed meanwhile: the caller was told `unknown`
+            chunk.done = true;
+            for (const p of owners) this.finishPublish(p, unreplicated, 1);
           },
           (err: Error) => {
             if (chunk.done) return;
@@ -614,7 +881,7 @@ export class RedisStreamsTransport implements Transport {
         const part = keys.partitionFor(ev.agentId);
         let chunk = open.get(part);
         if (!chunk) open.set(part, (chunk = { args: [], owners: [], cmd: null, done: false }));
-        chunk.args.push(LEVEL_ARG[ev.priority]!, p.t, p.frames[i]!);
+        chunk.args.push(LEVEL_ARG[ev.priority]!, p.t, String(this.tick()), p.frames[i]!);
         chunk.owners.push(p);
         if (chunk.owners.length >= PUBLISH_CHUNK) {
           sendChunk(part, chunk);
@@ -639,6 +906,119 @@ export class RedisStreamsTransport implements Transport {
     await Promise.all(calls);
     clearTimeout(timer);
   }
+
+  /**
+   * Resolves once `WAIT wait timeoutMs`, sent on the connection of partition
+   * `part`'s node after its publish script there (so it covers that write),
+   * has answered: null when enough replicas confirmed, otherwise the error the
+   * chunk's publishes reject with (the write is on the master; counted, logged
+   * and reported by health as unreplicated).
+   *
+   * WAIT blocks the node's connection, so there is at most one per node at a
+   * time: chunks confirmed by the master meanwhile wait for the next one,
+   * which covers them all. While the last WAIT on a node came back short (a
+   * replica missing, a promoted master without one) the next ones wait only
+   * `SHORT_WAIT_MS`, so what is queued behind them on that node is not held up
+   * `timeoutMs` each time.
+   */
+  private waitReplicas(
+    client: RedisClient,
+    part: number,
+    events: number,
+    socket: unknown,
+  ): Promise<Error | null> {
+    const key = this.keys.stream(part, 0);
+    const node = nodeOf(client, key);
+    let w = this.replicaWaits.get(node);
+    if (!w) this.replicaWaits.set(node, (w = { queue: [], busy: false, short: false }));
+    const waiter = w;
+    return new Promise<Error | null>((done) => {
+      waiter.queue.push({ events, part, socket, done });
+      if (!waiter.busy) void this.runWaits(node, key, waiter);
+    });
+  }
+
+  private async runWaits(node: RedisClient, key: string, w: ReplicaWaits): Promise<void> {
+    w.busy = true;
+    const { wait } = this.options.replicas!;
+    while (w.queue.length > 0) {
+      const batch = w.queue;
+      w.queue = [];
+      const timeoutMs = w.short ? SHORT_WAIT_MS : this.options.replicas!.timeoutMs;
+      const cmd = new OnceCommand('wait', [wait, timeoutMs], key, false);
+      let acked = -1;
+      let err: Error | null = null;
+      try {
+        acked = Number(await dispatch(node, cmd));
+        if (acked < wait)
+          err = new TimeoutError(
+            `publish written but confirmed by ${acked} of ${wait} replicas within ${timeoutMs} ms (a failover may lose it)`,
+            { details: { stored: 'unreplicated', replicas: acked, wanted: wait, timeoutMs } },
+          );
+      } catch (e) {
+        err = new TransportError(
+          `publish written but its replication could not be confirmed: ${(e as Error).message}`,
+          {
+            cause: e,
+            details: { stored: 'unreplicated', replicas: null, wanted: wait },
+          },
+        );
+      }
+      w.short = err !== null;
+      let confirmed = 0;
+      let unconfirmed = 0;
+      const parts = new Set<number>();
+      let moved: Error | undefined;
+      for (const b of batch) {
+        // the connection dropped between the script and the WAIT: this WAIT says nothing of it
+        const e =
+          err ??
+          (b.socket === cmd.writtenOn
+            ? null
+            : (moved ??= new TransportError(
+                'publish written but the connection changed before WAIT: its replication could not be confirmed',
+                { details: { stored: 'unreplicated', replicas: null, wanted: wait } },
+              )));
+        if (e) {
+          unconfirmed += b.events;
+          parts.add(b.part);
+        } else confirmed += b.events;
+        b.done(e);
+      }
+      this.counters.replicated += confirmed;
+      if (unconfirmed > 0)
+        this.noteUnreplicated([...parts], unconfirmed, acked, wait, timeoutMs, err ?? moved!);
+    }
+    w.busy = false;
+  }
+
+  private noteUnreplicated(
+    partitions: number[],
+    events: number,
+    acked: number,
+    wait: number,
+    timeoutMs: number,
+    err: Error,
+  ): void {
+    this.counters.unreplicated += events;
+    const now = Date.now();
+    this.lastUnreplicated = { at: now, events, acked, wanted: wait };
+    if (now - this.unreplicatedLoggedAt < 1000) return;
+    this.unreplicatedLoggedAt = now;
+    this.logger.warn('redis: publish not confirmed by enough replicas', {
+      partitions,
+      events,
+      replicas: acked,
+      wanted: wait,
+      timeoutMs,
+      unreplicatedTotal: this.counters.unreplicated,
+      error: err.message,
+    });
+  }
+
+  private unreplicatedLoggedAt = 0;
+  /** One WAIT at a time per node connection (see `waitReplicas`). */
+  private readonly replicaWaits = new Map<RedisClient, ReplicaWaits>();
 
   private noteTrimmedUnread(n: number): void {
     this.counters.trimmedUnread += n;
@@ -734,13 +1114,18 @@ export class RedisStreamsTransport implements Transport {
 
   // ------------------------------------------------------------------ history
 
+  /**
+   * The last `limit` matching events, oldest first, in publish order across
+   * every stream and master (see `comparePublishOrder`): each stream is read
+   * newest first (XREVRANGE) up to `limit` matches, then merged.
+   */
   async getRecentEvents(query: HistoryQuery = {}): Promise<AgentEvent[]> {
     const client = this.requireClient();
     const limit = query.limit ?? 100;
     const matcher = query.pattern === undefined ? undefined : compilePattern(query.pattern);
     const end = '+';
     const start = query.since === undefined ? '-' : `${Math.max(0, Math.floor(query.since))}-0`;
-    const found: { id: string; event: AgentEvent }[] = [];
+    const found: Ordered[] = [];
     const page = Math.max(100, Math.min(limit * 4, 2000));
     const scanCap = 50_000;
     await Promise.all(
@@ -758,12 +1143,11 @@ export class RedisStreamsTransport implements Transport {
           )) as RawEntry[];
           if (rows.length === 0) break;
           for (const [idBuf, fields] of rows) {
-            const id = idBuf.toString();
-            const e = frameOf(fields);
-            if (!e) continue;
-            const event = this.decode(e);
+            const { frame, order } = entryOf(key, idBuf, fields);
+            if (!frame) continue;
+            const event = this.decode(frame);
             if (!event || (matcher && !matcher.matches(event.type))) continue;
-            found.push({ id, event });
+            found.push({ ...order, event });
             kept++;
           }
           scanned += rows.length;
@@ -773,17 +1157,18 @@ export class RedisStreamsTransport implements Transport {
         }
       }),
     );
-    found.sort((a, b) => compareIds(a.id, b.id));
+    found.sort(comparePublishOrder);
     return found.slice(-limit).map((f) => f.event);
   }
 
+  /** Calls `onEvent` in publish order across every stream and master (see `comparePublishOrder`). */
   async replay(query: ReplayQuery, onEvent: (event: AgentEvent) => void | Promise<void>): Promise<number> {
     const client = this.requireClient();
     const matcher = query.pattern === undefined ? undefined : compilePattern(query.pattern);
     const start = query.fromId ?? (query.from === undefined ? '-' : `${Math.floor(query.from)}-0`);
     const end = query.toId ?? (query.to === undefined ? '+' : `${Math.floor(query.to)}-99999999999`);
     const limit = query.limit ?? Number.POSITIVE_INFINITY;
-    const rows: { id: string; event: AgentEvent }[] = [];
+    const rows: Ordered[] = [];
     await Promise.all(
       this.keys.allStreams().map(async (key) => {
         let lower = start;
@@ -796,17 +1181,16 @@ export class RedisStreamsTransport implements Transport {
             true,
           )) as RawEntry[];
           for (const [idBuf, fields] of page) {
-            const e = frameOf(fields);
-            const event = e && this.decode(e);
-            if (event && (!matcher || matcher.matches(event.type)))
-              rows.push({ id: idBuf.toString(), event });
+            const { frame, order } = entryOf(key, idBuf, fields);
+            const event = frame && this.decode(frame);
+            if (event && (!matcher || matcher.matches(event.type))) rows.push({ ...order, event });
           }
           if (page.length < 1000) break;
           lower = `(${page[page.length - 1]![0].toString()}`;
         }
       }),
     );
-    rows.sort((a, b) => compareIds(a.id, b.id));
+    rows.sort(comparePublishOrder);
     let n = 0;
     for (const r of rows) {
       if (n >= limit) break;
@@ -818,30 +1202,79 @@ export class RedisStreamsTransport implements Transport {
 
   // ------------------------------------------------------------------ health
 
+  /**
+   * Bounded: each step waits at most `probeTimeoutMs` (a ping or, on a
+   * Cluster, one probe per partition's node, all at once; then the groups'
+   * lag and the stream lengths of the partitions that answered). A Cluster
+   * with partitions unavailable is `degraded` (`unhealthy` when none
+   * answers), naming each partition, its slot and node in `reasons` and
+   * `details.unavailable`.
+   */
   async healthCheck(): Promise<TransportHealth> {
     const reasons: string[] = [];
     const client = this.client;
     if (!client || this.closed) return { status: 'unhealthy', connected: false, reasons: ['not connected'] };
+    const bound = this.options.probeTimeoutMs;
     const started = performance.now();
-    try {
-      await Promise.race([
-        client.ping(),
-        sleep(2000).then(() => {
-          throw new Error('ping timed out after 2000 ms');
-        }),
-      ]);
-    } catch (err) {
-      return {
-        status: 'unhealthy',
-        connected: false,
-        reasons: [`redis unreachable: ${(err as Error).message}`],
-        details: { status: client.status },
-      };
+    if (client instanceof Cluster) {
+      await this.probePartitions();
+      if (this.partitionsDown.size >= this.keys.partitions)
+        return {
+          status: 'unhealthy',
+          connected: false,
+          reasons: [`redis cluster unreachable: no partition's node answered within ${bound} ms`],
+          details: { status: client.status, mode: 'cluster', unavailable: this.unavailablePartitions() },
+        };
+    } else {
+      try {
+        await Promise.race([
+          client.ping(),
+          sleep(bound).then(() => {
+            throw new Error(`ping timed out after ${bound} ms`);
+          }),
+        ]);
+      } catch (err) {
+        return {
+          status: 'unhealthy',
+          connected: false,
+          reasons: [`redis unreachable: ${(err as Error).message}`],
+          details: { status: client.status },
+        };
+      }
     }
     const latencyMs = performance.now() - started;
+    const unavailable = this.unavailablePartitions();
+    if (unavailable.length > 0)
+      reasons.push(
+        `redis cluster degraded: ${unavailable.length} of ${this.keys.partitions} partitions unavailable (` +
+          unavailable
+            .map((u) => `partition ${u.partition} slot ${u.slot}${u.node ? ` on ${u.node}` : ''}: ${u.error}`)
+            .join('; ') +
+          '); their events can be neither published nor read until the node or its replica is back',
+      );
+    const down = new Set(unavailable.map((u) => u.partition));
+    const live = this.keys.allStreams().filter((k) => !down.has(this.keys.partitionOf(k)));
     const groups: Record<string, { pending: number; lag: number | null }> = {};
-    for (const c of this.consumers)
-      groups[c.group] = await c.lagAndPending().catch(() => ({ pending: -1, lag: null }));
+    const [lags, streamLength] = await Promise.all([
+      Promise.all(
+        [...this.consumers].map((c) =>
+          within(
+            c.lagAndPending(live).catch(() => ({ pending: -1, lag: null })),
+            bound,
+            { pending: -1, lag: null },
+          ).then((r) => [c.group, r] as const),
+        ),
+      ),
+      within(
+        Promise.all(live.map((k) => client.xlen(k))).then(
+          (lens) => lens.reduce((a, b) => a + b, 0),
+          () => -1,
+        ),
+        bound,
+        -1,
+      ),
+    ]);
+    for (const [g, r] of lags) groups[g] = r;
     if (this.counters.trimmedUnread > 0)
       reasons.push(
         `${this.counters.trimmedUnread} entries were trimmed before a consumer group read them (a group lags past maxLen + retainUnread)`,
@@ -852,16 +1285,16 @@ export class RedisStreamsTransport implements Transport {
       );
     if (this.inFlightEvents > this.options.maxPendingPublishes * 0.8)
       reasons.push(`publish backlog ${this.inFlightEvents}/${this.options.maxPendingPublishes}`);
-    let streamLength = 0;
-    try {
-      const lens = await Promise.all(this.keys.allStreams().map((k) => client.xlen(k)));
-      streamLength = lens.reduce((a, b) => a + b, 0);
-    } catch {
-      streamLength = -1;
-    }
+    const u = this.lastUnreplicated;
+    if (u && Date.now() - u.at < UNREPLICATED_REPORT_MS)
+      reasons.push(
+        `${this.counters.unreplicated} published events could not be confirmed on ${u.wanted} replicas ` +
+          `(last ${new Date(u.at).toISOString()}: ${u.events} events, ${u.acked} replicas acknowledged); ` +
+          'a failover may lose them',
+      );
     return {
       status: reasons.length > 0 ? 'degraded' : 'healthy',
-      connected: true,
+      connected: this.isConnected(),
       latencyMs,
       reasons,
       details: {
@@ -869,15 +1302,39 @@ export class RedisStreamsTransport implements Transport {
         streamLength,
         mode: this.options.cluster ? 'cluster' : 'standalone',
         partitions: this.options.partitions,
+        ordering: this.orderScope,
+        ...(unavailable.length > 0 ? { unavailable } : {}),
+        ...(this.options.replicas
+          ? {
+              replicas: {
+                wait: this.options.replicas.wait,
+                replicated: this.counters.replicated,
+                unreplicated: this.counters.unreplicated,
+                lastUnreplicated: u,
+              },
+            }
+          : {}),
       },
     };
+  }
+
+  /**
+   * What order a broadcast subscriber gets: `global` (one partition: every
+   * publisher's events in publish order, across agents too) or `per-agentId`
+   * (several partitions: one publisher's events of one `agentId` in order, not
+   * across agents).
+   */
+  get orderScope(): 'global' | 'per-agentId' {
+    return this.keys.partitions === 1 ? 'global' : 'per-agentId';
   }
 
   stats(): TransportStats {
     return {
       ...this.counters,
       pendingPublishes: this.inFlightEvents,
-      connections: this.isConnected() ? 1 + this.consumers.size : 0,
+      // open connections, whether or not every partition answers (isConnected() also says that)
+      connections: this.connected && this.client?.status === 'ready' ? 1 + this.consumers.size : 0,
+      unavailablePartitions: this.partitionsDown.size,
       consumers: this.consumers.size,
     };
   }
@@ -972,7 +1429,8 @@ class StreamConsumer implements TransportConsumer {
     const t = this.transport;
     const partitions = t.options.partitions;
     if (t.options.cluster) {
-      this.loops.push(this.pollLoop());
+      // one loop per partition: a partition whose node is down holds up only its own loop
+      for (let p = 0; p < partitions; p++) this.loops.push(this.pollLoop(p));
     } else {
       for (let p = 0; p < partitions; p++) {
         const reader = t.duplicate();
@@ -1109,36 +1567,38 @@ class StreamConsumer implements TransportConsumer {
     }
   }
 
-  /** Cluster: partitions live on different nodes; read them all without blocking, back off when idle. */
-  private async pollLoop(): Promise<void> {
+  /**
+   * Cluster: partitions live on different nodes. Each partition has a loop of
+   * its own, reading without blocking (the connection to a node is shared) and
+   * backing off when idle, so a read held up by a dead or failing-over master
+   * delays only that master's partitions. (One loop reading every partition
+   * together waited for the slowest read: one dead master stalled them all.)
+   */
+  private async pollLoop(p: number): Promise<void> {
     const t = this.transport;
+    const keys = t.keys.streams(p);
+    const ids = keys.map(() => '>');
     let idle = 1;
     let backoff = 0;
     while (await this.waitUntilRunnable()) {
       try {
         const client = t.requireClient();
-        const count = this.readCount();
-        const reads = await Promise.all(
-          Array.from({ length: t.options.partitions }, (_, p) => {
-            const keys = t.keys.streams(p);
-            return send(
-              client,
-              'xreadgroup',
-              ['GROUP', this.group, this.me, 'COUNT', count, 'STREAMS', ...keys, ...keys.map(() => '>')],
-              keys[0]!,
-              true,
-            ) as Promise<RawRead>;
-          }),
+        // cancellable by close(): a read waiting on a dead node must not hold it up
+        const r = await this.read(
+          client,
+          ['GROUP', this.group, this.me, 'COUNT', this.readCount(), 'STREAMS', ...keys, ...ids],
+          keys[0]!,
         );
+        if (backoff > 0) t.markPartition(p, null);
         backoff = 0;
-        let got = 0;
-        for (const r of reads) if (r) got += this.handleRead(r);
+        const got = r ? this.handleRead(r) : 0;
         if (got === 0) {
           await this.pause_(idle);
           idle = Math.min(idle * 2, 50);
         } else idle = 1;
       } catch (err) {
         if (this.closed) break;
+        if (!/NOGROUP/.test((err as Error).message)) t.markPartition(p, err as Error);
         backoff = await this.onReadError(err as Error, backoff);
       }
     }
@@ -1174,6 +1634,7 @@ class StreamConsumer implements TransportConsumer {
             const k = fields[i]!;
             if (isField(k, FIELD_E)) e = fields[i + 1]!;
             else if (isField(k, FIELD_T)) ts = Number(fields[i + 1]!.toString('latin1'));
+            else if (isField(k, FIELD_O)) t.observe(Number(fields[i + 1]!.toString('latin1')));
           }
         if (!e) {
           // trimmed away while pending: nothing left to deliver
@@ -1346,12 +1807,21 @@ class StreamConsumer implements TransportConsumer {
     const t = this.transport;
     try {
       const client = t.requireClient();
-      for (const stream of this.streams) {
-        if (own) await this.recoverOwn(client, stream);
-        else await this.claimIdle(client, stream);
+      // partition by partition (a claim sees the slots the previous one took), each on its
+      // own: one whose node is known to be down is skipped, one that fails stops no other
+      for (let p = 0; p < t.keys.partitions && !this.closed; p++) {
+        if (t.isPartitionDown(p)) continue;
+        try {
+          for (const stream of t.keys.streams(p)) {
+            if (own) await this.recoverOwn(client, stream);
+            else await this.claimIdle(client, stream);
+          }
+        } catch (err) {
+          if (!this.closed && !/NOGROUP/.test((err as Error).message)) t.throttledError(err as Error);
+        }
       }
     } catch (err) {
-      if (!this.closed && !/NOGROUP/.test((err as Error).message)) t.throttledError(err as Error);
+      if (!this.closed) t.throttledError(err as Error);
     } finally {
       this.recovering = false;
     }
@@ -1436,13 +1906,16 @@ class StreamConsumer implements TransportConsumer {
       if (!list) byStream.set(d.stream, (list = []));
       list.push(d.transportId);
     }
-    for (const [stream, ids] of byStream) {
-      for (let i = 0; i < ids.length; i += 500) {
-        await client
-          .xclaim(stream, this.group, this.me, 0, ...ids.slice(i, i + 500), 'JUSTID')
-          .catch((e: Error) => this.transport.throttledError(e));
-      }
-    }
+    // streams at once: a partition whose node is down delays no other
+    await Promise.all(
+      [...byStream].map(async ([stream, ids]) => {
+        for (let i = 0; i < ids.length; i += 500) {
+          await client
+            .xclaim(stream, this.group, this.me, 0, ...ids.slice(i, i + 500), 'JUSTID')
+            .catch((e: Error) => this.transport.throttledError(e));
+        }
+      }),
+    );
   }
 
   async deadLetter(
@@ -1459,12 +1932,13 @@ class StreamConsumer implements TransportConsumer {
     t.counters.deadLettered++;
   }
 
-  async lagAndPending(): Promise<{ pending: number; lag: number | null }> {
+  /** Pending entries and lag of this consumer's group over `streams` (default all), read at once. */
+  async lagAndPending(streams = this.streams): Promise<{ pending: number; lag: number | null }> {
     const client = this.transport.requireClient();
     let pending = 0;
     let lag: number | null = 0;
-    for (const stream of this.streams) {
-      const groups = (await client.xinfo('GROUPS', stream)) as unknown[][];
+    const infos = await Promise.all(streams.map((k) => client.xinfo('GROUPS', k) as Promise<unknown[][]>));
+    for (const groups of infos) {
       for (const g of groups) {
         const o: Record<string, unknown> = {};
         for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];

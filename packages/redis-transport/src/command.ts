@@ -99,6 +99,8 @@ export class LeanCommand {
   private slot: number | null | undefined;
   /** Set once ioredis wrote it to a socket (after a reconnect it may write it again). */
   written = false;
+  /** The socket ioredis last wrote it to (which connection it went out on: WAIT counts per connection). */
+  writtenOn: unknown = undefined;
   /** Given up on (`cancel`): if ioredis still writes it, a PING goes out instead. */
   private cancelled = false;
 
@@ -132,10 +134,11 @@ export class LeanCommand {
    * script with its frames) written straight into one Buffer: building a
    * string with `+=` and having the socket encode it copied every frame twice.
    */
-  toWritable(_socket?: unknown): string | Buffer {
+  toWritable(socket?: unknown): string | Buffer {
     // ioredis expects one reply per command it writes: a cancelled one asks for a PONG
     if (this.cancelled) return PING;
     this.written = true;
+    this.writtenOn = socket;
     const args = this.args;
     const n = args.length;
     if (lens.length < n) lens = new Int32Array(n * 2);

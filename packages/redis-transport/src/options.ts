@@ -72,6 +72,23 @@ export interface RedisTransportOptions {
    * `shutdownTimeoutMs` instead). Default 5,000 ms.
    */
   closeTimeoutMs?: number;
+  /**
+   * Replicated acknowledgements: after each publish script, `WAIT wait timeoutMs`
+   * on the node that took the write, so `publish` resolves only once `wait`
+   * replicas confirmed it. When fewer confirm within `timeoutMs` (default
+   * 1,000), the publish rejects with `TimeoutError` (`details.stored:
+   * 'unreplicated'`: on the master, not confirmed on enough replicas), and the
+   * events are counted (`stats().unreplicated`), logged and reported by
+   * `healthCheck()`. Default: off (a publish resolves on the master's reply;
+   * Redis replicates asynchronously, so a failover can lose it).
+   */
+  replicas?: { wait: number; timeoutMs?: number };
+  /**
+   * Bound of each health probe (`healthCheck()` and, on a Cluster, the probe
+   * of every partition's node run every second): a partition whose node does
+   * not answer within it is reported unavailable. Default 1,000 ms.
+   */
+  probeTimeoutMs?: number;
   /** ioredis auto-pipelining (helps PUBLISH throughput, raises p99; measure). Default false. */
   enableAutoPipelining?: boolean;
   /** Extra ioredis options. */
@@ -96,6 +113,8 @@ export interface ResolvedOptions {
   maxPendingPublishes: number;
   publishTimeoutMs: number;
   closeTimeoutMs: number;
+  replicas: { wait: number; timeoutMs: number } | undefined;
+  probeTimeoutMs: number;
 }
 
 function posInt(setting: string, v: unknown, min = 1): number | undefined {
@@ -103,6 +122,16 @@ function posInt(setting: string, v: unknown, min = 1): number | undefined {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
     throw new ConfigError(setting, `must be an integer >= ${min}, got ${JSON.stringify(v)}`);
   return v;
+}
+
+function resolveReplicas(r: RedisTransportOptions['replicas']): ResolvedOptions['replicas'] {
+  if (r === undefined) return undefined;
+  if (r === null || typeof r !== 'object') throw new ConfigError('replicas', 'must be { wait, timeoutMs? }');
+  const wait = posInt('replicas.wait', r.wait, 0);
+  if (wait === undefined)
+    throw new ConfigError('replicas.wait', 'the number of replicas to wait for is required');
+  if (wait === 0) return undefined;
+  return { wait, timeoutMs: posInt('replicas.timeoutMs', r.timeoutMs) ?? 1000 };
 }
 
 /** Validates options (a `ConfigError` names the bad setting) and fills defaults. */
@@ -211,5 +240,7 @@ export function resolveOptions(o: RedisTransportOptions = {}): ResolvedOptions {
     maxPendingPublishes: posInt('maxPendingPublishes', o.maxPendingPublishes) ?? 20_000,
     publishTimeoutMs: posInt('publishTimeoutMs', o.publishTimeoutMs) ?? 5000,
     closeTimeoutMs: posInt('closeTimeoutMs', o.closeTimeoutMs, 0) ?? 5000,
+    replicas: resolveReplicas(o.replicas),
+    probeTimeoutMs: posInt('probeTimeoutMs', o.probeTimeoutMs, 10) ?? 1000,
   };
 }

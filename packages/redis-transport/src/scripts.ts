@@ -42,8 +42,10 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], 't
  * One command per batch instead of one XADD per event: the producer builds one
  * request and reads one small reply, which is where a Node producer spends its
  * time (see YARDSTICKS). The entries are the same as XADD would write
- * (`e` = frame, `t` = publish time), in argument order, so per-stream order is
- * publish order.
+ * (`e` = frame, `t` = publish time, `o` = the publisher's clock, `p` = the
+ * publisher), in argument order, so per-stream order is publish order. `o` and
+ * `p` order history and replay across streams and masters: stream ids come
+ * from each master's clock at millisecond resolution, `o` from the publisher.
  *
  * Retention. Redis 7 trims blindly (XADD/XTRIM know nothing of groups), so a
  * group more than `maxLen` entries behind would lose entries it never saw. Here
@@ -59,7 +61,9 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], 't
  * ARGV[1] `MAXLEN` or `MINID`; ARGV[2] its threshold (entries, or the oldest id to keep);
  * ARGV[3] cap: the most entries a stream holds while a group lags (time-based
  *   retention applies it only while a lagging group holds the stream past its time);
- * then triples from ARGV[4]: priority level (0-4), publish time (ms), frame
+ * ARGV[4] the publisher's id (field `p`);
+ * then quadruples from ARGV[5]: priority level (0-4), publish time (ms), the
+ *   publisher's clock (field `o`, see RedisStreamsTransport.tick), frame
  * Reply: { entries added, entries trimmed before some group read them }
  */
 export const PUBLISH_5 = `
@@ -113,9 +117,10 @@ end
 
 local n = 0
 local touched = {}
-for i = 4, #ARGV, 3 do
+local pub = ARGV[4]
+for i = 5, #ARGV, 4 do
   local k = tonumber(ARGV[i]) + 1
-  redis.call('XADD', KEYS[k], '*', 'e', ARGV[i + 2], 't', ARGV[i + 1])
+  redis.call('XADD', KEYS[k], '*', 'e', ARGV[i + 3], 't', ARGV[i + 1], 'o', ARGV[i + 2], 'p', pub)
   touched[k] = true
   n = n + 1
 end
