@@ -14,7 +14,7 @@
 export type CompatibilityMode = 'backward' | 'forward' | 'full' | 'none';
 export const COMPATIBILITY_MODES: readonly CompatibilityMode[] = ['backward', 'forward', 'full', 'none'];
 
-type Schema = boolean | Record<string, unknown>;
+type Schema = boolean | object;
 
 export function compatibilityProblems(
   oldSchema: Schema,
@@ -94,8 +94,8 @@ export function subsetProblems(a: Schema, b: Schema, path: string): string[] {
   if (b === true || (isObj(b) && Object.keys(b).every((k) => ANNOTATIONS.has(k)))) return [];
   if (a === false) return [];
   if (b === false) return [`${at(path)} is no longer allowed`];
-  const A: Record<string, unknown> = a === true ? {} : a;
-  const B = b;
+  const A = (a === true ? {} : a) as Record<string, unknown>;
+  const B = b as Record<string, unknown>;
   const out: string[] = [];
   for (const k of Object.keys(B)) {
     if (ANNOTATIONS.has(k) || HANDLED.has(k)) continue;

@@ -273,7 +273,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
    */
   async declare(
     service: string,
-    definitions: readonly Omit<ContractDefinition, 'owner'>[] & { owner?: string }[],
+    definitions: readonly (Omit<ContractDefinition, 'owner'> & { owner?: string })[],
   ): Promise<Contract[]> {
     if (typeof service !== 'string' || service === '')
       throw new ValidationError('service', 'must be a non-empty string');

@@ -291,7 +291,7 @@ describe('two projects in two processes over Redis', () => {
     });
     await waitAny2([shop, billing], `handled ${good.id}`);
     expect([...shop.lines, ...billing.lines].some((l) => l === `handled ${bad1.id}`)).toBe(false);
-    const stored = await bus.deadLetters.list({ pattern: 'order.created' });
+    const stored = await bus.deadLetters!.list({ pattern: 'order.created' });
     expect(stored.find((d) => d.event.id === bad1.id)?.error).toMatchObject({
       name: 'ContractViolationError',
       code: 'PERMANENT',
