@@ -130,6 +130,8 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
   private readonly ajv: Ajv;
   private readonly entries = new Map<string, TypeEntry>();
   private readonly resolved = new Map<string, TypeEntry | null>();
+  /** Events (objects) this registry found valid, with the contract version: the memory transport hands consumers the same frozen object, which is not checked twice. */
+  private readonly passed = new WeakMap<object, Compiled>();
   private sub: Redis | undefined;
   private started = false;
 
@@ -366,6 +368,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
         ],
       };
     }
+    if (this.passed.get(event) === c) return { contract: c.contract, issues: [] };
     const data = (c.data ??= this.ajv.compile(c.contract.schema));
     let issues: SchemaIssue[] | undefined;
     if (!data(event.data)) issues = toIssues('/data', data.errors);
@@ -373,7 +376,9 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
       c.meta = c.contract.metadataSchema === undefined ? null : this.ajv.compile(c.contract.metadataSchema);
     if (c.meta && !c.meta(event.metadata ?? {}))
       (issues ??= []).push(...toIssues('/metadata', c.meta.errors));
-    return { contract: c.contract, issues: issues ?? [] };
+    if (issues) return { contract: c.contract, issues };
+    if (Object.isFrozen(event)) this.passed.set(event, c);
+    return { contract: c.contract, issues: [] };
   }
 
   private resolve(eventType: string): TypeEntry | undefined {

@@ -1,0 +1,264 @@
+/**
+ * `pnpm --filter @qe/contracts bench`:
+ *
+ * 1. The bus with and without contract validation, in the same run: ~1 KB
+ *    `order.created` events (nested object, an array of 8 items, formats),
+ *    published in batches and handled by one subscriber; with validation both
+ *    on publish (strict) and on consume. Memory transport and Redis Streams;
+ *    rounds alternate (off, on, off, on, ...) and medians are printed with the
+ *    throughput cost.
+ * 2. Spec 003's `< 50 ms` cross-project latency on Redis: project A sends to
+ *    project B through `CrossProjectMessenger` (credential check, policy,
+ *    contract check, shared rate limit, publish, audit append) while B receives
+ *    on its own bus; time from `send()` to B's handler, p50/p95/p99/max.
+ *
+ * Env: QE_BENCH_EVENTS (per round, default 50,000 memory / 20,000 Redis),
+ * QE_BENCH_ROUNDS (default 3), QE_BENCH_MESSAGES (cross-project, default 2,000),
+ * QE_BENCH_CONCURRENCY (cross-project sends in flight, default 4), REDIS_URL,
+ * QE_BENCH_TRANSPORTS (`memory,redis`).
+ */
+import {
+  type EventInput,
+  LatencyHistogram,
+  MemoryBroker,
+  MemoryTransport,
+  QEEventBus,
+  type Transport,
+} from '@qe/core';
+import { RedisStreamsTransport } from '@qe/redis-transport';
+import { Redis } from 'ioredis';
+import {
+  ContractRegistry,
+  CrossProjectMessenger,
+  contractValidation,
+  generateCredential,
+} from '../src/index.js';
+
+const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const ROUNDS = Number(process.env.QE_BENCH_ROUNDS ?? 3);
+const TRANSPORTS = (process.env.QE_BENCH_TRANSPORTS ?? 'memory,redis').split(',');
+const MESSAGES = Number(process.env.QE_BENCH_MESSAGES ?? 2000);
+const CONC = Number(process.env.QE_BENCH_CONCURRENCY ?? 4);
+const BATCH = 100;
+
+const ORDER_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['orderId', 'customer', 'items', 'total', 'currency', 'createdAt'],
+  properties: {
+    orderId: { type: 'string', minLength: 1 },
+    customer: {
+      type: 'object',
+      required: ['id', 'email'],
+      properties: {
+        id: { type: 'string' },
+        email: { type: 'string', format: 'email' },
+        name: { type: 'string' },
+        tier: { enum: ['bronze', 'silver', 'gold'] },
+      },
+    },
+    items: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 100,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['sku', 'qty', 'price'],
+        properties: {
+          sku: { type: 'string', pattern: '^[A-Z]{3}-[0-9]{4}$' },
+          name: { type: 'string' },
+          qty: { type: 'integer', minimum: 1 },
+          price: { type: 'number', minimum: 0 },
+        },
+      },
+    },
+    total: { type: 'number', minimum: 0 },
+    currency: { type: 'string', minLength: 3, maxLength: 3 },
+    createdAt: { type: 'string', format: 'date-time' },
+    notes: { type: 'string' },
+  },
+};
+
+function order(i: number) {
+  const items = Array.from({ length: 8 }, (_, k) => ({
+    sku: `ABC-${String(1000 + k)}`,
+    name: `Item number ${k} of the catalogue`,
+    qty: 1 + (k % 3),
+    price: 9.99 + k,
+  }));
+  return {
+    orderId: `order-${i}`,
+    customer: {
+      id: `cust-${i % 1000}`,
+      email: `customer${i % 1000}@example.com`,
+      name: 'Ada Lovelace',
+      tier: 'gold',
+    },
+    items,
+    total: items.reduce((s, x) => s + x.qty * x.price, 0),
+    currency: 'EUR',
+    createdAt: new Date(1_700_000_000_000 + i).toISOString(),
+    notes: 'Leave the parcel with the neighbour if nobody answers.',
+  };
+}
+
+const eventBytes = JSON.stringify({ type: 'order.created', agentId: 'bench', data: order(1) }).length;
+
+async function cleanupPrefix(redis: Redis, prefix: string) {
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await redis.del(...keys);
+  } while (cursor !== '0');
+}
+
+// one registry for the run: validators are compiled once per contract version and stay hot, as in a service
+const registry = new ContractRegistry();
+await registry.register({ type: 'order.created', version: '1.0.0', owner: 'bench', schema: ORDER_SCHEMA });
+const validation = contractValidation({ registry });
+
+async function throughput(kind: string, validate: boolean, n: number, round: number): Promise<number> {
+  const prefix = `qe-bench:contracts:${round}${validate ? 'v' : 'n'}:${Date.now().toString(36)}`;
+  const transport: Transport =
+    kind === 'memory'
+      ? new MemoryTransport({ broker: new MemoryBroker() })
+      : new RedisStreamsTransport({ url: URL_, keyPrefix: `${prefix}:bus`, blockMs: 100 });
+  const bus = new QEEventBus({
+    nodeId: 'bench',
+    transport,
+    middleware: validate ? [validation] : [],
+    backpressure: { maxQueueSize: 50_000 },
+  });
+  await bus.start();
+  let handled = 0;
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  const sub = bus.subscribe('order.created', () => {
+    if (++handled === n) done();
+  });
+  await sub.ready;
+  const batches: EventInput[][] = [];
+  for (let i = 0; i < n; i += BATCH)
+    batches.push(
+      Array.from({ length: Math.min(BATCH, n - i) }, (_, k) => ({
+        type: 'order.created',
+        agentId: 'bench',
+        data: order(i + k),
+      })),
+    );
+  const t0 = performance.now();
+  for (const b of batches) await bus.publishBatch(b);
+  await all;
+  const perSec = (n / (performance.now() - t0)) * 1000;
+  await bus.stop();
+  if (kind === 'redis') {
+    const r = new Redis(URL_);
+    await cleanupPrefix(r, prefix);
+    r.disconnect();
+  }
+  return perSec;
+}
+
+async function crossProjectLatency(): Promise<LatencyHistogram> {
+  const prefix = `qe-bench:contracts:xp:${Date.now().toString(36)}`;
+  const redis = new Redis(URL_);
+  const mkBus = (id: string) =>
+    new QEEventBus({
+      nodeId: id,
+      transport: new RedisStreamsTransport({ url: URL_, keyPrefix: `${prefix}:bus`, blockMs: 100 }),
+    });
+  const busA = mkBus('shop');
+  const busB = mkBus('billing');
+  await Promise.all([busA.start(), busB.start()]);
+  const contracts = new ContractRegistry({ redis, keyPrefix: `${prefix}:contracts` });
+  await contracts.start();
+  await contracts.register({ type: 'order.created', version: '1.0.0', owner: 'shop', schema: ORDER_SCHEMA });
+  const a = new CrossProjectMessenger({ bus: busA, redis, keyPrefix: `${prefix}:xp`, contracts });
+  const b = new CrossProjectMessenger({ bus: busB, redis, keyPrefix: `${prefix}:xp`, contracts });
+  await Promise.all([a.start(), b.start()]);
+  const shopCred = generateCredential();
+  const billingCred = generateCredential();
+  await a.registerProject({
+    projectId: 'shop',
+    namespace: 'shop',
+    allowedEventTypes: ['order.*'],
+    allowedTargets: ['billing'],
+    credential: shopCred,
+    rateLimit: { windowMs: 1000, maxMessages: 1_000_000 },
+  });
+  await a.registerProject({
+    projectId: 'billing',
+    namespace: 'billing',
+    allowedEventTypes: [],
+    allowedTargets: [],
+    acceptedEventTypes: ['order.created'],
+    credential: billingCred,
+  });
+  const sentAt = new Map<string, number>();
+  const hist = new LatencyHistogram();
+  let received = 0;
+  let allDone!: () => void;
+  const all = new Promise<void>((r) => (allDone = r));
+  const total = MESSAGES + 200;
+  await b.receive('billing', billingCred, (m) => {
+    const t = sentAt.get((m.data as { orderId: string }).orderId);
+    if (t !== undefined && received >= 200) hist.recordMs(performance.now() - t); // the first 200 warm up
+    if (++received === total) allDone();
+  });
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CONC }, async () => {
+      while (next < total) {
+        const i = next++;
+        const data = order(i);
+        sentAt.set(data.orderId, performance.now());
+        await a.send({ from: 'shop', to: 'billing', type: 'order.created', data, credential: shopCred });
+      }
+    }),
+  );
+  await all;
+  await Promise.all([a.close(), b.close(), contracts.close()]);
+  await Promise.all([busA.stop(), busB.stop()]);
+  await cleanupPrefix(redis, prefix);
+  redis.disconnect();
+  return hist;
+}
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+const fmt = (x: number) => Math.round(x).toLocaleString('en-US');
+
+console.log(`@qe/contracts bench: events of ${eventBytes} bytes (JSON), ${ROUNDS} rounds, medians\n`);
+for (const kind of TRANSPORTS) {
+  const n = Number(process.env.QE_BENCH_EVENTS ?? (kind === 'memory' ? 50_000 : 20_000));
+  const off: number[] = [];
+  const on: number[] = [];
+  for (let w = 0; w < 2; w++) {
+    // warm up the JIT on both paths
+    await throughput(kind, false, Math.min(n, 20_000), -1 - w);
+    await throughput(kind, true, Math.min(n, 20_000), -1 - w);
+  }
+  for (let r = 0; r < ROUNDS; r++) {
+    off.push(await throughput(kind, false, n, r));
+    on.push(await throughput(kind, true, n, r));
+  }
+  const a = median(off);
+  const b = median(on);
+  console.log(`${kind}: ${fmt(n)} events per round, publishBatch(${BATCH}) -> 1 subscriber`);
+  console.log(`  without validation   ${fmt(a).padStart(9)} events/s`);
+  console.log(`  with validation      ${fmt(b).padStart(9)} events/s   (publish strict + consume)`);
+  console.log(
+    `  cost                 ${(((a - b) / a) * 100).toFixed(1)} %  (aim: under 15 %); ${(1e6 / b - 1e6 / a).toFixed(2)} µs per event`,
+  );
+  console.log('');
+}
+if (TRANSPORTS.includes('redis')) {
+  const h = (await crossProjectLatency()).snapshot();
+  console.log(
+    `cross-project on Redis (send() to the target's handler, ${fmt(MESSAGES)} messages, ${CONC} in flight):`,
+  );
+  console.log(
+    `  p50 ${h.p50.toFixed(2)} ms  p95 ${h.p95.toFixed(2)} ms  p99 ${h.p99.toFixed(2)} ms  max ${h.max.toFixed(2)} ms  (spec 003: < 50 ms)`,
+  );
+}
