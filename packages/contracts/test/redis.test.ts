@@ -330,6 +330,69 @@ describe('two projects in two processes over Redis', () => {
   }, 60_000);
 });
 
+describe('shared registry and audit log on Redis', () => {
+  it('concurrent registrations of the next version: one wins, the other is checked against it; a late process loads everything', async () => {
+    const p = newPrefix();
+    const conns = [new Redis(URL_), new Redis(URL_)];
+    const regs = conns.map((redis) => new ContractRegistry({ redis, keyPrefix: `${p}:contracts` }));
+    await Promise.all(regs.map((x) => x.start()));
+    closers.push(async () => {
+      await Promise.all(regs.map((x) => x.close()));
+      for (const c of conns) c.disconnect();
+    });
+    await regs[0]!.register(ORDER_V1);
+    const attempts = await Promise.allSettled([
+      regs[0]!.register({ ...ORDER_V1, version: '1.1.0' }),
+      regs[1]!.register({
+        ...ORDER_V1,
+        version: '1.1.0',
+        schema: {
+          ...ORDER_V1.schema,
+          properties: { ...ORDER_V1.schema.properties, note: { type: 'string' } },
+        },
+      }),
+    ]);
+    expect(attempts.filter((a) => a.status === 'fulfilled')).toHaveLength(1);
+    const refused = attempts.find((a) => a.status === 'rejected') as PromiseRejectedResult;
+    expect(refused.reason).toMatchObject({ code: 'VALIDATION', field: 'version' });
+    const late = new ContractRegistry({ redis: r, keyPrefix: `${p}:contracts` });
+    await late.start();
+    closers.push(() => late.close());
+    expect(late.versions('order.created')).toEqual(['1.0.0', '1.1.0']);
+    expect(late.get('order.created', '1.1.0')).toEqual(
+      (attempts.find((a) => a.status === 'fulfilled') as PromiseFulfilledResult<unknown>).value,
+    );
+    // a process behind on changes still refuses a non-newer version: register reads Redis first
+    await expect(late.register({ ...ORDER_V1, version: '1.0.5' })).rejects.toMatchObject({
+      field: 'version',
+    });
+  });
+
+  it('the audit stream is append-only with retention by count and by age', async () => {
+    const p = newPrefix();
+    const byCount = new RedisAuditLog({ redis: r, key: `${p}:a1`, maxEntries: 10 });
+    for (let i = 0; i < 300; i++)
+      await byCount.append({ from: 'a', to: 'b', type: 'x.y', messageId: String(i), outcome: 'delivered' });
+    // approximate trimming (MAXLEN ~) keeps at least 10 and far fewer than 300
+    const n = await byCount.size();
+    expect(n).toBeGreaterThanOrEqual(10);
+    expect(n).toBeLessThan(300);
+    const kept = await byCount.query({ limit: 10_000 });
+    expect(kept.at(-1)!.messageId).toBe('299');
+    expect(kept.map((e) => Number(e.messageId))).toEqual(kept.map((_e, i) => 300 - kept.length + i));
+    const byAge = new RedisAuditLog({ redis: r, key: `${p}:a2`, maxAgeMs: 1 });
+    // entries older than 1 ms go: write old ones directly with explicit old ids, then append
+    for (let i = 1; i <= 200; i++) await r.xadd(`${p}:a2`, `${i}-0`, 'e', JSON.stringify({ from: 'old' }));
+    await byAge.append({ from: 'a', to: 'b', type: 'x.y', messageId: 'new', outcome: 'delivered' });
+    const left = await byAge.query();
+    expect(left.at(-1)!.messageId).toBe('new');
+    expect(left.length).toBeLessThan(201);
+    expect(() => new RedisAuditLog({ redis: r, maxAgeMs: 0 })).toThrow(
+      expect.objectContaining({ code: 'CONFIG' }),
+    );
+  });
+});
+
 async function answer(proc: Proc, n: number): Promise<string> {
   const is = (l: string) => l.startsWith(`sent ${n} `) || l.startsWith(`refused ${n} `);
   await waitFor(() => proc.lines.some(is), `an answer to ${n}`, 20_000);
