@@ -205,6 +205,20 @@ describe('ContractRegistry (in memory)', () => {
     ).toMatchObject([{ path: '/metadata/version', keyword: 'contractVersion' }]);
   });
 
+  it('withVersion stamps the latest version on an input that names none', async () => {
+    const reg = new ContractRegistry();
+    await reg.register(ORDER);
+    await reg.register({ ...ORDER, version: '1.1.0' });
+    const input = { type: 'order.created', agentId: 'a', data: {}, metadata: { correlationId: 'c' } };
+    expect(reg.withVersion(input)).toEqual({ ...input, metadata: { correlationId: 'c', version: '1.1.0' } });
+    expect(input.metadata).toEqual({ correlationId: 'c' });
+    const pinned = { ...input, metadata: { version: '1.0.0' } };
+    expect(reg.withVersion(pinned)).toBe(pinned);
+    const other = { type: 'user.created', agentId: 'a', data: {} };
+    expect(reg.withVersion(other)).toBe(other);
+    expect(() => reg.withVersion({} as never)).toThrow(ValidationError);
+  });
+
   it('validates metadata when the contract has a metadata schema', async () => {
     const reg = new ContractRegistry();
     await reg.register({
@@ -248,6 +262,10 @@ describe('ContractRegistry (in memory)', () => {
         { type: 'invoice.issued', version: '1', schema: { type: 'object' } },
       ]);
       expect(declared[0]).toMatchObject({ owner: 'billing', compatibility: 'backward' });
+      await expect(reg.loadDirectory(join(dir, 'missing'))).rejects.toMatchObject({
+        code: 'CONFIG',
+        setting: 'schemaPath',
+      });
       await writeFile(join(dir, 'broken.json'), '{ nope');
       await expect(new ContractRegistry().loadDirectory(dir)).rejects.toMatchObject({
         code: 'VALIDATION',

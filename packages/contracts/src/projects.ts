@@ -10,6 +10,7 @@ import {
   PermanentError,
   type QEEventBus,
   RateLimitedError,
+  TransportError,
   ValidationError,
   validatePattern,
 } from '@qe/core';
@@ -502,7 +503,18 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
       },
     });
     this.counts.delivered++;
-    await this.audit.append({ ...who, messageId: event.id, outcome: 'delivered' });
+    try {
+      await this.audit.append({ ...who, messageId: event.id, outcome: 'delivered' });
+    } catch (e) {
+      // published, so not refused (a retry would send it twice), but the caller must know
+      throw new TransportError(
+        `message ${event.id} was delivered but could not be audited: ${(e as Error).message}`,
+        {
+          cause: e,
+          details: { messageId: event.id, audited: false },
+        },
+      );
+    }
     return event.id;
   }
 

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type { Dirent } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -290,8 +291,15 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
    */
   async loadDirectory(dir: string, options: RegisterOptions = {}): Promise<Contract[]> {
     const defs: ContractDefinition[] = [];
+    if (typeof dir !== 'string' || dir === '')
+      throw new ConfigError('schemaPath', 'must be a directory path');
     const walk = async (d: string) => {
-      const items = await readdir(d, { withFileTypes: true });
+      let items: Dirent[];
+      try {
+        items = await readdir(d, { withFileTypes: true });
+      } catch (e) {
+        throw new ConfigError('schemaPath', `cannot read ${d}: ${(e as Error).message}`, { cause: e });
+      }
       items.sort((a, b) => a.name.localeCompare(b.name));
       for (const it of items) {
         const p = join(d, it.name);
@@ -319,6 +327,19 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
     };
     await walk(dir);
     return this.registerAll(defs, options);
+  }
+
+  /**
+   * The input with `metadata.version` set to the latest version of the contract
+   * covering its type, when it names none (a new object; the input is not changed).
+   * Publish `contracts.withVersion(input)` so consumers know what it was written against.
+   */
+  withVersion<E extends { type: string; metadata?: AgentEvent['metadata'] }>(input: E): E {
+    if (input?.metadata?.version !== undefined) return input;
+    if (typeof input?.type !== 'string') throw new ValidationError('type', 'must be an event type');
+    const entry = this.resolve(input.type);
+    if (!entry) return input;
+    return { ...input, metadata: { ...input.metadata, version: entry.versions.at(-1)! } };
   }
 
   /** Versions of a contract type, ascending. */

@@ -368,6 +368,36 @@ describe('shared registry and audit log on Redis', () => {
     });
   });
 
+  it('a message delivered but not audited is a TransportError naming it; a refusal stays a refusal', async () => {
+    const p = newPrefix();
+    await r.set(`${p}:broken`, 'not a stream'); // XADD on it fails with WRONGTYPE
+    const bus = new QEEventBus({ nodeId: 'a' });
+    await bus.start();
+    closers.push(() => bus.stop());
+    const m = new CrossProjectMessenger({ bus, audit: new RedisAuditLog({ redis: r, key: `${p}:broken` }) });
+    const key = generateCredential();
+    await m.registerProject({
+      projectId: 'a',
+      namespace: 'a',
+      allowedEventTypes: ['x.*'],
+      allowedTargets: ['a'],
+      credential: key,
+    });
+    const got: string[] = [];
+    await m.receive('a', key, (msg) => void got.push(msg.id));
+    const err = await m
+      .send({ from: 'a', to: 'a', type: 'x.y', data: 1, credential: key })
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'TRANSPORT', details: { audited: false } });
+    const id = (err as { details: { messageId: string } }).details.messageId;
+    await waitFor(() => got.includes(id), 'the message to arrive', 10_000);
+    await expect(m.send({ from: 'a', to: 'a', type: 'z.y', data: 1, credential: key })).rejects.toMatchObject(
+      {
+        code: 'FORBIDDEN',
+      },
+    );
+  });
+
   it('the audit stream is append-only with retention by count and by age', async () => {
     const p = newPrefix();
     const byCount = new RedisAuditLog({ redis: r, key: `${p}:a1`, maxEntries: 10 });
