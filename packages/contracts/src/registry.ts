@@ -68,8 +68,10 @@ export interface ContractChange {
 export interface ContractCheck {
   /** The contract version the event was checked against; undefined when no contract covers its type. */
   contract: Contract | undefined;
-  issues: SchemaIssue[];
+  readonly issues: readonly SchemaIssue[];
 }
+
+const NO_ISSUES: readonly SchemaIssue[] = Object.freeze([]);
 
 export interface ContractRegistryOptions {
   /** Shared registry on Redis; omit for an in-memory, process-local one. */
@@ -372,7 +374,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
    */
   check(event: Pick<AgentEvent, 'type' | 'data' | 'metadata'>): ContractCheck {
     const entry = this.resolve(event.type);
-    if (!entry) return { contract: undefined, issues: [] };
+    if (!entry) return { contract: undefined, issues: NO_ISSUES };
     const version = event.metadata?.version;
     const c = entry.byVersion.get(version ?? entry.versions.at(-1)!);
     if (!c) {
@@ -389,7 +391,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
         ],
       };
     }
-    if (this.passed.get(event) === c) return { contract: c.contract, issues: [] };
+    if (this.passed.get(event) === c) return { contract: c.contract, issues: NO_ISSUES };
     const data = (c.data ??= this.ajv.compile(c.contract.schema));
     let issues: SchemaIssue[] | undefined;
     if (!data(event.data)) issues = toIssues('/data', data.errors);
@@ -399,7 +401,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
       (issues ??= []).push(...toIssues('/metadata', c.meta.errors));
     if (issues) return { contract: c.contract, issues };
     if (Object.isFrozen(event)) this.passed.set(event, c);
-    return { contract: c.contract, issues: [] };
+    return { contract: c.contract, issues: NO_ISSUES };
   }
 
   private resolve(eventType: string): TypeEntry | undefined {
