@@ -1,5 +1,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ConfigError, EventBusError, isEventBusError, UnauthorizedError, ValidationError } from '@qe/core';
+import {
+  ConfigError,
+  EventBusError,
+  ForbiddenError,
+  isEventBusError,
+  UnauthorizedError,
+  ValidationError,
+} from '@qe/core';
 import { assertAdmin, type Permissions } from '@qe/gateway-auth';
 import { type AuditLog, type AuditOutcome, type AuditQuery, checkAuditQuery } from './audit.js';
 
@@ -48,7 +55,14 @@ export function createAuditHandler(
       } catch (e) {
         throw isEventBusError(e) ? e : new UnauthorizedError('authentication failed');
       }
-      assertAdmin(permissions);
+      try {
+        assertAdmin(permissions ?? { publish: {}, subscribe: {} });
+      } catch (e) {
+        throw new ForbiddenError('the audit log needs the admin permission (claim admin: true)', {
+          details: { permission: 'admin' },
+          cause: e,
+        });
+      }
       const url = new URL(req.url ?? '/', 'http://x');
       const q: AuditQuery = {};
       for (const [k, v] of url.searchParams) {

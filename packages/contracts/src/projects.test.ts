@@ -200,6 +200,7 @@ describe('audit HTTP handler', () => {
       audit,
       authorize: (req) => {
         if (!req.headers.authorization) throw new UnauthorizedError();
+        if (req.headers.authorization === 'nothing') return undefined as never;
         return { publish: {}, subscribe: {}, admin: req.headers.authorization === 'admin' };
       },
     });
@@ -211,6 +212,7 @@ describe('audit HTTP handler', () => {
         fetch(url + q, { method, headers: auth ? { authorization: auth } : {} });
       expect((await get('', undefined)).status).toBe(401);
       expect((await get('', 'user')).status).toBe(403);
+      expect((await get('', 'nothing')).status).toBe(403);
       expect((await get('', 'admin', 'POST')).status).toBe(405);
       const bad = await get('?colour=red', 'admin');
       expect(bad.status).toBe(400);
