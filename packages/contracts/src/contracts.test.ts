@@ -219,6 +219,17 @@ describe('ContractRegistry (in memory)', () => {
     expect(() => reg.withVersion({} as never)).toThrow(ValidationError);
   });
 
+  it("formats: 'full' checks dates exactly, 'fast' only their shape", async () => {
+    const def = { type: 'a.b', version: '1', owner: 'x', schema: { type: 'string', format: 'date' } };
+    const full = new ContractRegistry();
+    const fast = new ContractRegistry({ formats: 'fast' });
+    await full.register(def);
+    await fast.register(def);
+    expect(full.check({ type: 'a.b', data: '2023-02-30' }).issues).toHaveLength(1);
+    expect(fast.check({ type: 'a.b', data: '2023-02-30' }).issues).toHaveLength(0);
+    expect(fast.check({ type: 'a.b', data: 'yesterday' }).issues).toHaveLength(1);
+  });
+
   it('validates metadata when the contract has a metadata schema', async () => {
     const reg = new ContractRegistry();
     await reg.register({
@@ -248,6 +259,7 @@ describe('ContractRegistry (in memory)', () => {
         details: { field },
       });
     expect(() => new ContractRegistry({ prefix: 'x' } as never)).toThrow(ConfigError);
+    expect(() => new ContractRegistry({ formats: 'quick' as never })).toThrow(ConfigError);
     await expect(reg.declare('', [])).rejects.toBeInstanceOf(ValidationError);
   });
 
