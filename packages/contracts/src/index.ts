@@ -34,6 +34,7 @@ export {
   type CrossProjectOptions,
   type CrossProjectStats,
   generateCredential,
+  hashCredential,
   type ProjectConfig,
   type ProjectRecord,
   type SendOptions,

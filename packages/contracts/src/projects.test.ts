@@ -1,6 +1,6 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { ConfigError, QEEventBus, UnauthorizedError } from '@qe/core';
+import { ConfigError, QEEventBus, UnauthorizedError, ValidationError } from '@qe/core';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -12,6 +12,7 @@ import {
   contractValidation,
   createAuditHandler,
   generateCredential,
+  hashCredential,
   MemoryAuditLog,
 } from './index.js';
 import { registerContractMetrics } from './prometheus.js';
@@ -83,6 +84,39 @@ describe('CrossProjectMessenger (in memory)', () => {
     expect(m.listProjects().map((p) => p.projectId)).toEqual(['user-service', 'notification-service']);
   });
 
+  it('a project registered with a credential hash (a projects file) authenticates with the credential', async () => {
+    const { m, users } = await setup();
+    const secret = generateCredential();
+    const rec = await m.registerProject({
+      projectId: 'from-file',
+      namespace: 'file',
+      allowedEventTypes: ['user.created'],
+      allowedTargets: ['user-service'],
+      credentialHash: hashCredential(secret),
+    });
+    expect(JSON.stringify(rec)).not.toContain(secret);
+    const got: string[] = [];
+    await m.receive('user-service', users, (msg) => void got.push(msg.from));
+    await m.send({
+      from: 'from-file',
+      to: 'user-service',
+      type: 'user.created',
+      data: { userId: 'u' },
+      credential: secret,
+    });
+    await expect.poll(() => got).toEqual(['from-file']);
+    await expect(
+      m.send({
+        from: 'from-file',
+        to: 'user-service',
+        type: 'user.created',
+        data: { userId: 'u' },
+        credential: users,
+      }),
+    ).rejects.toBeInstanceOf(CrossProjectUnauthorizedError);
+    expect(() => hashCredential('short')).toThrow(ValidationError);
+  });
+
   it('a verified gateway principal acts as the project it maps to, and only as that one', async () => {
     const { m, notify } = await setup();
     const got: string[] = [];
@@ -142,6 +176,8 @@ describe('CrossProjectMessenger (in memory)', () => {
       [{ ...base, credential: 'short' }, 'credential'],
       [{ ...base, rateLimit: { windowMs: 0, maxMessages: 1 } }, 'rateLimit.windowMs'],
       [{ ...base, role: 'admin' }, 'project.role'],
+      [{ ...base, credentialHash: { hash: 'xyz', salt: '00'.repeat(16) } }, 'credentialHash.hash'],
+      [{ ...base, credentialHash: hashCredential(users), credential: users }, 'credentialHash'],
     ];
     for (const [c, field] of bad)
       await expect(m.registerProject(c as never)).rejects.toMatchObject({

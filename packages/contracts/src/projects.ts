@@ -44,6 +44,11 @@ export interface ProjectConfig {
    * salted SHA-256 of it is stored; it is compared in constant time.
    */
   credential?: string;
+  /**
+   * Instead of `credential`: its salted hash as `hashCredential(credential)` made it,
+   * so a projects file need not hold the secret.
+   */
+  credentialHash?: { hash: string; salt: string };
   /** Authenticated gateway principals (JWT `sub`) that act as this project. */
   principals?: string[];
   /** Messages this project may send per window (a token bucket, shared on Redis). */
@@ -51,7 +56,7 @@ export interface ProjectConfig {
 }
 
 /** A registered project as stored: the credential only as a salted hash. */
-export interface ProjectRecord extends Omit<ProjectConfig, 'credential'> {
+export interface ProjectRecord extends Omit<ProjectConfig, 'credential' | 'credentialHash'> {
   acceptedEventTypes: string[];
   acceptFrom: string[];
   credentialHash?: string;
@@ -124,6 +129,7 @@ const PROJECT_KEYS = [
   'acceptedEventTypes',
   'acceptFrom',
   'credential',
+  'credentialHash',
   'principals',
   'rateLimit',
 ];
@@ -146,12 +152,26 @@ export function generateCredential(): string {
   return randomBytes(32).toString('base64url');
 }
 
-function hashCredential(credential: string, salt: Buffer): Buffer {
+function digest(credential: string, salt: Buffer): Buffer {
   return createHash('sha256').update(salt).update(credential, 'utf8').digest();
 }
 
+/**
+ * The salted SHA-256 of a credential, for `registerProject({ credentialHash })`
+ * (a projects file, a secret manager): hex strings.
+ */
+export function hashCredential(credential: string): { hash: string; salt: string } {
+  if (typeof credential !== 'string' || credential.length < 16)
+    throw new ValidationError(
+      'credential',
+      'must be a string of at least 16 characters (use generateCredential())',
+    );
+  const salt = randomBytes(16);
+  return { hash: digest(credential, salt).toString('hex'), salt: salt.toString('hex') };
+}
+
 const DUMMY_SALT = randomBytes(16);
-const DUMMY_HASH = hashCredential('dummy', DUMMY_SALT);
+const DUMMY_HASH = digest('dummy', DUMMY_SALT);
 
 interface CompiledProject {
   record: ProjectRecord;
@@ -205,6 +225,15 @@ function checkProject(c: ProjectConfig): void {
   patterns('acceptedEventTypes', c.acceptedEventTypes, true);
   ids('allowedTargets', c.allowedTargets);
   ids('acceptFrom', c.acceptFrom, true);
+  if (c.credentialHash !== undefined) {
+    if (c.credential !== undefined)
+      throw new ValidationError('credentialHash', 'give credential or credentialHash, not both');
+    const h = c.credentialHash as { hash?: unknown; salt?: unknown };
+    if (typeof h !== 'object' || h === null || typeof h.hash !== 'string' || !/^[0-9a-f]{64}$/.test(h.hash))
+      throw new ValidationError('credentialHash.hash', 'must be 64 hex characters (hashCredential())');
+    if (typeof h.salt !== 'string' || !/^[0-9a-f]{32}$/.test(h.salt))
+      throw new ValidationError('credentialHash.salt', 'must be 32 hex characters (hashCredential())');
+  }
   if (c.credential !== undefined && (typeof c.credential !== 'string' || c.credential.length < 16))
     throw new ValidationError(
       'credential',
@@ -328,18 +357,13 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
   /** Registers or replaces a project (everywhere, on Redis). Returns what is stored (no credential). */
   async registerProject(config: ProjectConfig): Promise<ProjectRecord> {
     checkProject(config);
-    const { credential, ...rest } = config;
-    const salt = credential === undefined ? undefined : randomBytes(16);
+    const { credential, credentialHash, ...rest } = config;
+    const hashed = credential !== undefined ? hashCredential(credential) : credentialHash;
     const record: ProjectRecord = {
       ...rest,
       acceptedEventTypes: config.acceptedEventTypes ?? ['**'],
       acceptFrom: config.acceptFrom ?? ['*'],
-      ...(salt
-        ? {
-            credentialHash: hashCredential(credential!, salt).toString('hex'),
-            credentialSalt: salt.toString('hex'),
-          }
-        : {}),
+      ...(hashed ? { credentialHash: hashed.hash, credentialSalt: hashed.salt } : {}),
       updatedAt: Date.now(),
     };
     const stored = JSON.parse(JSON.stringify(record)) as ProjectRecord;
@@ -423,7 +447,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
     if (!src) {
       // spend the same time as a real comparison, so probing ids learns nothing from timing
       if (options.credential !== undefined)
-        timingSafeEqual(hashCredential(String(options.credential), DUMMY_SALT), DUMMY_HASH);
+        timingSafeEqual(digest(String(options.credential), DUMMY_SALT), DUMMY_HASH);
       return this.refuse(
         who,
         new CrossProjectForbiddenError('unknown_project', `unknown project ${from}`, { project: from }),
@@ -434,7 +458,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
       const ok =
         typeof cred === 'string' &&
         src.hash !== undefined &&
-        timingSafeEqual(hashCredential(cred, src.salt!), src.hash);
+        timingSafeEqual(digest(cred, src.salt!), src.hash);
       if (!ok)
         return this.refuse(
           who,
@@ -568,11 +592,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
       throw new CrossProjectForbiddenError('unknown_project', `unknown project ${projectId}`, {
         project: projectId,
       });
-    if (
-      typeof credential !== 'string' ||
-      !me.hash ||
-      !timingSafeEqual(hashCredential(credential, me.salt!), me.hash)
-    )
+    if (typeof credential !== 'string' || !me.hash || !timingSafeEqual(digest(credential, me.salt!), me.hash))
       throw new CrossProjectUnauthorizedError(`bad or missing credential for project ${projectId}`, {
         project: projectId,
       });
