@@ -13,7 +13,8 @@
  *    on its own bus; time from `send()` to B's handler, p50/p95/p99/max.
  *
  * Env: QE_BENCH_EVENTS (per round, default 50,000 memory / 20,000 Redis),
- * QE_BENCH_ROUNDS (default 3), QE_BENCH_MESSAGES (cross-project, default 2,000),
+ * QE_BENCH_ROUNDS (default 5 memory / 3 Redis), QE_BENCH_WARMUP (rounds per path
+ * before measuring, default 4 memory / 1 Redis), QE_BENCH_MESSAGES (cross-project, default 2,000),
  * QE_BENCH_CONCURRENCY (cross-project sends in flight, default 4), REDIS_URL,
  * QE_BENCH_TRANSPORTS (`memory,redis`).
  */
@@ -35,7 +36,7 @@ import {
 } from '../src/index.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const ROUNDS = Number(process.env.QE_BENCH_ROUNDS ?? 3);
+const ROUNDS = process.env.QE_BENCH_ROUNDS === undefined ? undefined : Number(process.env.QE_BENCH_ROUNDS);
 const TRANSPORTS = (process.env.QE_BENCH_TRANSPORTS ?? 'memory,redis').split(',');
 const MESSAGES = Number(process.env.QE_BENCH_MESSAGES ?? 2000);
 const CONC = Number(process.env.QE_BENCH_CONCURRENCY ?? 4);
@@ -251,19 +252,23 @@ async function crossProjectLatency(): Promise<LatencyHistogram> {
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const fmt = (x: number) => Math.round(x).toLocaleString('en-US');
 
-console.log(`@qe/contracts bench: events of ${eventBytes} bytes (JSON), ${ROUNDS} rounds, medians\n`);
+console.log(
+  `@qe/contracts bench: events of ${eventBytes} bytes (JSON), medians of alternating rounds after warm-up\n`,
+);
 for (const kind of TRANSPORTS) {
   const n = Number(process.env.QE_BENCH_EVENTS ?? (kind === 'memory' ? 50_000 : 20_000));
   const off: Run[] = [];
   const on: Run[] = [];
   const onFast: Run[] = [];
-  for (let w = 0; w < 2; w++) {
-    // warm up the JIT on both paths
-    await throughput(kind, false, Math.min(n, 20_000), -1 - w);
-    await throughput(kind, 'full', Math.min(n, 20_000), -1 - w);
-    await throughput(kind, 'fast', Math.min(n, 20_000), -1 - w);
+  // warm up the JIT on every path until steady (the first rounds of a path cost 2-4x)
+  const warmups = Number(process.env.QE_BENCH_WARMUP ?? (kind === 'memory' ? 4 : 1));
+  for (let w = 0; w < warmups; w++) {
+    await throughput(kind, false, n, -1 - w);
+    await throughput(kind, 'full', n, -1 - w);
+    await throughput(kind, 'fast', n, -1 - w);
   }
-  for (let r = 0; r < ROUNDS; r++) {
+  const rounds = ROUNDS ?? (kind === 'memory' ? 5 : 3);
+  for (let r = 0; r < rounds; r++) {
     off.push(await throughput(kind, false, n, r));
     on.push(await throughput(kind, 'full', n, r));
     onFast.push(await throughput(kind, 'fast', n, r));
@@ -274,7 +279,9 @@ for (const kind of TRANSPORTS) {
   const cb = median(on.map((x) => x.cpuUs));
   const f = median(onFast.map((x) => x.perSec));
   const cf = median(onFast.map((x) => x.cpuUs));
-  console.log(`${kind}: ${fmt(n)} events per round, publishBatch(${BATCH}) -> 1 subscriber`);
+  console.log(
+    `${kind}: ${fmt(n)} events per round, ${rounds} rounds, publishBatch(${BATCH}) -> 1 subscriber`,
+  );
   console.log(`  without validation   ${fmt(a).padStart(9)} events/s   ${ca.toFixed(2)} µs CPU per event`);
   console.log(
     `  with validation      ${fmt(b).padStart(9)} events/s   ${cb.toFixed(2)} µs CPU per event   (publish strict + consume)`,
