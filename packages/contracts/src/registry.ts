@@ -139,8 +139,6 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
   private readonly ajv: Ajv;
   private readonly entries = new Map<string, TypeEntry>();
   private readonly resolved = new Map<string, TypeEntry | null>();
-  /** Events (objects) this registry found valid, with the contract version: the memory transport hands consumers the same frozen object, which is not checked twice. */
-  private readonly passed = new WeakMap<object, Compiled>();
   private sub: Redis | undefined;
   private started = false;
 
@@ -400,7 +398,6 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
         ],
       };
     }
-    if (this.passed.get(event) === c) return { contract: c.contract, issues: NO_ISSUES };
     const data = (c.data ??= this.ajv.compile(c.contract.schema));
     let issues: SchemaIssue[] | undefined;
     if (!data(event.data)) issues = toIssues('/data', data.errors);
@@ -409,7 +406,6 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
     if (c.meta && !c.meta(event.metadata ?? {}))
       (issues ??= []).push(...toIssues('/metadata', c.meta.errors));
     if (issues) return { contract: c.contract, issues };
-    if (Object.isFrozen(event)) this.passed.set(event, c);
     return { contract: c.contract, issues: NO_ISSUES };
   }
 
