@@ -150,6 +150,8 @@ export class RedisAuditLog implements AuditLog {
   private readonly maxEntries: number;
   private readonly maxAgeMs: number | undefined;
   constructor(options: RedisAuditLogOptions) {
+    if (typeof options !== 'object' || options === null)
+      throw new ConfigError('options', 'must be an object');
     assertKnownKeys(options, ['redis', 'key', 'maxEntries', 'maxAgeMs']);
     if (!options.redis) throw new ConfigError('redis', 'is required');
     this.redis = options.redis;

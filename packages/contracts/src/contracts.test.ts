@@ -385,6 +385,8 @@ describe('contractValidation middleware (memory transport)', () => {
       ConfigError,
     );
     expect(() => contractValidation({ registry: {} as never })).toThrow(ConfigError);
+    expect(() => contractValidation(undefined as never)).toThrow(ConfigError);
+    expect(() => registry2.check(null as never)).toThrow(ValidationError);
     expect(() => contractValidation({ registry: registry2, strcit: true } as never)).toThrow(ConfigError);
   });
 

@@ -65,6 +65,7 @@ export type ContractValidationMiddleware = Middleware & { stats(): ContractValid
  * (`subscribe(p, h, { middleware: [contractValidation({ registry, publish: false, accept })] })`).
  */
 export function contractValidation(options: ContractValidationOptions): ContractValidationMiddleware {
+  if (typeof options !== 'object' || options === null) throw new ConfigError('options', 'must be an object');
   assertKnownKeys(options, KEYS);
   const { registry } = options;
   if (!registry || typeof (registry as { check?: unknown }).check !== 'function')

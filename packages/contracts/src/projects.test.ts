@@ -14,6 +14,7 @@ import {
   generateCredential,
   hashCredential,
   MemoryAuditLog,
+  RedisAuditLog,
 } from './index.js';
 import { registerContractMetrics } from './prometheus.js';
 
@@ -206,6 +207,12 @@ describe('CrossProjectMessenger (in memory)', () => {
     );
     expect(() => new CrossProjectMessenger({ bus, channelPrefix: 'a.b' })).toThrow(ConfigError);
     expect(() => new CrossProjectMessenger({ bus: {} as never })).toThrow(ConfigError);
+    expect(() => new CrossProjectMessenger(undefined as never)).toThrow(ConfigError);
+    expect(() => new RedisAuditLog(undefined as never)).toThrow(ConfigError);
+    expect(() => new RedisAuditLog({} as never)).toThrow(ConfigError);
+    await expect(m.receive('user-service', users, 'not a function' as never)).rejects.toMatchObject({
+      code: 'VALIDATION',
+    });
     expect(() => new CrossProjectMessenger({ bus, nope: 1 } as never)).toThrow(ConfigError);
   });
 

@@ -291,6 +291,8 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
 
   constructor(options: CrossProjectOptions) {
     super();
+    if (typeof options !== 'object' || options === null)
+      throw new ConfigError('options', 'must be an object');
     assertKnownKeys(options, OPTION_KEYS);
     if (!options.bus || typeof options.bus.publish !== 'function')
       throw new ConfigError('bus', 'must be a QEEventBus');
@@ -587,6 +589,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
     handler: (message: CrossProjectMessage<T>) => unknown,
     options: { group?: string; maxConcurrency?: number } = {},
   ): Promise<ReturnType<QEEventBus['subscribe']>> {
+    if (typeof handler !== 'function') throw new ValidationError('handler', 'must be a function');
     const me = await this.project(projectId);
     if (!me)
       throw new CrossProjectForbiddenError('unknown_project', `unknown project ${projectId}`, {

@@ -380,6 +380,7 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
    * event of a type no contract covers passes (`contract` undefined).
    */
   check(event: Pick<AgentEvent, 'type' | 'data' | 'metadata'>): ContractCheck {
+    if (typeof event?.type !== 'string') throw new ValidationError('type', 'must be an event type');
     const entry = this.resolve(event.type);
     if (!entry) return { contract: undefined, issues: NO_ISSUES };
     const version = event.metadata?.version;
