@@ -419,6 +419,13 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
     );
     const { to, type, data } = options;
     let from = options.from;
+    if (typeof to !== 'string' || !to) throw new ValidationError('to', 'must be a project id');
+    try {
+      validatePattern(type);
+      if (type.includes('*')) throw new ValidationError('type', 'must be an event type, not a pattern');
+    } catch (e) {
+      throw e instanceof ValidationError ? e : new ValidationError('type', (e as Error).message);
+    }
     if (options.principal !== undefined) {
       const sub = options.principal?.sub;
       if (typeof sub !== 'string' || !sub)
@@ -429,7 +436,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
       if (from === undefined) from = mapped as string;
       if (mapped === undefined || mapped !== from)
         return this.refuse(
-          { from: String(from ?? sub), to, type, principal: sub },
+          { from: typeof from === 'string' && from ? from : sub, to, type, principal: sub },
           new CrossProjectUnauthorizedError(`principal ${sub} does not act as project ${from ?? '(none)'}`, {
             principal: sub,
             from,
@@ -437,13 +444,6 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
         );
     }
     if (typeof from !== 'string' || !from) throw new ValidationError('from', 'must be a project id');
-    if (typeof to !== 'string' || !to) throw new ValidationError('to', 'must be a project id');
-    try {
-      validatePattern(type);
-      if (type.includes('*')) throw new ValidationError('type', 'must be an event type, not a pattern');
-    } catch (e) {
-      throw e instanceof ValidationError ? e : new ValidationError('type', (e as Error).message);
-    }
     const who = { from, to, type, ...(options.principal ? { principal: options.principal.sub } : {}) };
     const src = await this.project(from);
     if (!src) {
