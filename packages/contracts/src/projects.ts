@@ -504,7 +504,7 @@ export class CrossProjectMessenger extends EventEmitter<{ error: [Error]; change
     }
     const rl = src.record.rateLimit;
     if (rl) {
-      const t = await this.buckets.take(`${from}`, rl.maxMessages, rl.maxMessages / rl.windowMs, 1);
+      const t = await this.buckets.take(`xp:${from}`, rl.maxMessages, rl.maxMessages / rl.windowMs, 1);
       if (!t.allowed)
         return this.refuse(
           who,
