@@ -161,8 +161,9 @@ export class ContractRegistry extends EventEmitter<{ change: [ContractChange]; e
 
   private get keys() {
     return {
-      versions: `${this.prefix}:versions`,
-      latest: `${this.prefix}:latest`,
+      // one hash tag: the registration script touches both keys, so they share a Cluster slot
+      versions: `${this.prefix}:{${this.prefix}}:versions`,
+      latest: `${this.prefix}:{${this.prefix}}:latest`,
       channel: `${this.prefix}:changes`,
     };
   }
