@@ -148,6 +148,8 @@ function positive(where: string, v: unknown, integer = true): void {
 
 /** A bus composed from spec 000's configuration: the gateways start and stop with it. */
 export class ComposedEventBus<M extends EventMap = AnyEventMap> extends QEEventBus<M> {
+  /** The contract registry (`@qe/contracts`), when `validation` is on: register contracts here. */
+  contracts?: import('@qe/contracts').ContractRegistry;
   /** The prom-client registry, when `metrics` is on. */
   metricsRegistry?: { contentType: string; metrics(): Promise<string> };
   /** The gateways `protocols` asked for, once started: their ports and stats. */
@@ -310,7 +312,7 @@ export async function createEventBus<M extends EventMap = AnyEventMap>(
     } as never);
     if (redisClient) {
       try {
-        ioredis = await load('ioredis');
+        ioredis ??= await load('ioredis');
       } catch (err) {
         throw new ConfigError('loadBalancer', 'needs the package ioredis with redis: pnpm add ioredis', {
           cause: err,
@@ -397,13 +399,29 @@ export async function createEventBus<M extends EventMap = AnyEventMap>(
     // metrics outermost, so they count what the other middleware refuses or postpones
     middleware.unshift(prom);
   }
+  let contracts: import('@qe/contracts').ContractRegistry | undefined;
+  known(c.validation, 'validation', ['enabled', 'strict', 'schemaPath']);
   if (c.validation !== undefined && c.validation.enabled !== false) {
-    known(c.validation, 'validation', ['enabled', 'strict', 'schemaPath']);
-    await plugin('validation');
-    throw new ConfigError(
-      'validation',
-      'the @qe/contracts package is installed but not wired into createEventBus yet',
-    );
+    const v = c.validation;
+    if (v.strict !== undefined && typeof v.strict !== 'boolean')
+      throw new ConfigError('validation.strict', 'must be true or false');
+    const mod = await plugin<typeof import('@qe/contracts')>('validation');
+    // on Redis every process shares the contracts and their versions; in memory they are local
+    let client: { disconnect(): void } | undefined;
+    if (redisClient) {
+      ioredis ??= await load('ioredis');
+      client = redisClient() as { disconnect(): void };
+      closers.push(() => client!.disconnect());
+    }
+    contracts = new mod.ContractRegistry({
+      ...(client ? { redis: client as never, keyPrefix: `${c.redis?.keyPrefix ?? 'qe'}:contracts` } : {}),
+      logger,
+    });
+    await contracts.start();
+    const registry = contracts;
+    closers.unshift(() => void registry.close().catch(() => {}));
+    if (v.schemaPath !== undefined) await contracts.loadDirectory(v.schemaPath);
+    middleware.push(mod.contractValidation({ registry: contracts, strict: v.strict ?? true, logger }));
   }
 
   // ----- authentication and gateways
@@ -452,6 +470,7 @@ export async function createEventBus<M extends EventMap = AnyEventMap>(
   const bus = new ComposedEventBus<M>({ nodeId: c.nodeId, transport, logger, middleware });
   bus.extraClose.push(...closers);
   if (registry) bus.metricsRegistry = registry;
+  if (contracts) bus.contracts = contracts;
   bus.openGateways = async () => {
     if (wsGateway && ws) {
       bus.gateways.websocket = await wsGateway.createWebSocketGateway({

@@ -4,7 +4,7 @@
  * 6379 (each test under its own key prefix, deleted afterwards).
  */
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -206,6 +206,51 @@ describe('createEventBus: spec 000 configuration', () => {
     await bus.stop();
     expect(bus.gateways.http).toBeUndefined();
     await expect(fetch(`http://127.0.0.1:${httpPort}/health`)).rejects.toThrow();
+  });
+});
+
+describe('createEventBus: validation (spec 000) through @qe/contracts', () => {
+  it('strict validation with a schema directory refuses an invalid event before anything is sent, on Redis', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'qe-bus-schemas-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(
+      join(dir, 'user.created.json'),
+      JSON.stringify({
+        type: 'user.created',
+        version: '1.0.0',
+        owner: 'user-service',
+        compatibility: 'backward',
+        schema: {
+          type: 'object',
+          required: ['userId', 'email'],
+          properties: { userId: { type: 'string' }, email: { type: 'string', format: 'email' } },
+        },
+      }),
+    );
+    const bus = await started(
+      await createEventBus(
+        {
+          nodeId: 'validated',
+          redis: { host: url.hostname, port: Number(url.port || 6379), keyPrefix: prefix() },
+          validation: { enabled: true, strict: true, schemaPath: dir },
+        },
+        { logger },
+      ),
+    );
+    const seen: AgentEvent[] = [];
+    const u = bus.subscribe('user.*', (e) => {
+      seen.push(e);
+    });
+    await u.ready;
+    await bus.publish('user.created', { userId: 'user-1', email: 'a@example.com' });
+    const bad = await bus
+      .publish('user.created', { userId: 7, email: 'not an email' })
+      .catch((e: unknown) => e);
+    expect(bad).toMatchObject({ code: 'VALIDATION' });
+    expect((bad as Error).message).toMatch(/userId|email/);
+    await waitFor(() => seen.length === 1, 'the valid event');
+    expect(bus.contracts).toBeDefined();
+    expect((await bus.getRecentEvents({ pattern: 'user.*' })).length).toBe(1); // nothing of the invalid one was sent
   });
 });
 
