@@ -20,6 +20,7 @@ import { createCircuitBreaker, RedisTokenBuckets, type TokenBucketStore } from '
 import { Cluster, Redis } from 'ioredis';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { type BrokerConfig, isLoopback, redactConfig } from './config.js';
+import { BrokerContracts } from './contracts.js';
 import { renderDashboardHtml } from './dashboard.js';
 import { BrokerMonitor } from './monitor.js';
 
@@ -38,6 +39,8 @@ export interface Broker {
   readonly config: BrokerConfig;
   readonly bus: QEEventBus;
   readonly monitor: BrokerMonitor;
+  /** Contracts and cross-project messaging (`CONTRACTS_SCHEMA_PATH`, `PROJECTS_FILE`). */
+  readonly contracts: BrokerContracts;
   /** `http://host:port` once started. */
   readonly url: string;
   readonly port: number;
@@ -110,25 +113,42 @@ function bindError(what: string, host: string, port: string, err: unknown): Even
   );
 }
 
-/** Per-principal buckets shared by every broker on the same Redis, or null in memory. */
-function sharedBuckets(config: BrokerConfig): { store: TokenBucketStore; close(): void } | null {
-  const r = config.redis;
-  if (r === null) return null;
-  const common = {
-    lazyConnect: false,
-    maxRetriesPerRequest: 1,
-    ...(r.password === undefined ? {} : { password: r.password }),
-    ...(r.tls ? { tls: {} } : {}),
-  };
-  const client =
-    r.mode === 'cluster'
-      ? new Cluster(r.nodes, { redisOptions: common })
-      : new Redis({ ...common, host: r.host, port: r.port, db: r.db });
-  client.on('error', () => {}); // the transport reports Redis trouble; a refused take fails the request
+/**
+ * One plain Redis client for what the broker keeps besides the bus (shared
+ * rate-limit buckets, the contract registry, cross-project messaging), made on
+ * first use; null in memory.
+ */
+function redisClients(config: BrokerConfig): { get(): Redis | null; close(): void } {
+  let client: Redis | Cluster | null = null;
   return {
-    store: new RedisTokenBuckets(client as unknown as Redis, `${config.keyPrefix}:ratelimit`),
-    close: () => client.disconnect(),
+    get() {
+      const r = config.redis;
+      if (r === null) return null;
+      if (!client) {
+        const common = {
+          maxRetriesPerRequest: 1,
+          ...(r.password === undefined ? {} : { password: r.password }),
+          ...(r.tls ? { tls: {} } : {}),
+        };
+        client =
+          r.mode === 'cluster'
+            ? new Cluster(r.nodes, { redisOptions: common })
+            : new Redis({ ...common, host: r.host, port: r.port, db: r.db });
+        client.on('error', () => {}); // the transport reports Redis trouble; a refused command fails its request
+      }
+      return client as unknown as Redis;
+    },
+    close() {
+      client?.disconnect();
+      client = null;
+    },
   };
+}
+
+/** Per-principal buckets shared by every broker on the same Redis, or null in memory. */
+function sharedBuckets(config: BrokerConfig, redis: () => Redis | null): TokenBucketStore | null {
+  const client = redis();
+  return client ? new RedisTokenBuckets(client, `${config.keyPrefix}:ratelimit`) : null;
 }
 
 /** The transport the configuration describes: memory by default, Redis Streams (single or cluster) when configured. */
@@ -177,13 +197,15 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     prefix: config.metricsPrefix,
     ...(breaker ? { circuits: [breaker] } : {}),
   });
+  const redis = redisClients(config);
+  const contracts = new BrokerContracts(config, logger, () => redis.get());
   const bus = new QEEventBus({
     nodeId: config.nodeId,
     transport,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
-    // metrics outermost, so they count what the circuit breaker postpones too
-    middleware: breaker ? [prometheus, breaker] : [prometheus],
+    // metrics outermost, so they count what validation refuses and the circuit breaker postpones too
+    middleware: [prometheus, ...contracts.busMiddleware(), ...(breaker ? [breaker] : [])],
   });
   const a = config.alerts;
   const healthMonitor = createHealthMonitor(bus, {
@@ -220,6 +242,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     enabled: config.monitoringEnabled,
     health,
     logger,
+    contracts: () => contracts.view(),
   });
 
   if (breaker) {
@@ -284,6 +307,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       res.end(text);
       return;
     }
+    if (path === '/audit' && contracts.serveAudit(req, res)) return;
     if (path === '/dead-letters' || path.startsWith('/dead-letters/')) {
       // one dead-letter API: the HTTP gateway's (admin permission, filtered by subscribe rules)
       if (!httpGateway) throw new EventBusError('NOT_CONNECTED', 'the broker is not started');
@@ -304,7 +328,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
   });
   server.keepAliveTimeout = 5000;
   let wsGateway: WebSocketGateway | null = null;
-  let buckets: ReturnType<typeof sharedBuckets> = null;
+  let buckets: TokenBucketStore | null = null;
   let httpGateway: HttpGateway | null = null;
   let httpGatewayUrl = '';
   monitor.addSource({ name: 'http-gateway (SSE)', connections: () => httpGateway?.stats().sseClients ?? 0 });
@@ -323,6 +347,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     config,
     bus,
     monitor,
+    contracts,
     get url() {
       return url;
     },
@@ -333,8 +358,10 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       return httpGatewayUrl;
     },
     async start() {
+      await contracts.startRegistry(); // contracts loaded before the bus takes events
       await bus.start();
       try {
+        await contracts.startMessaging(bus);
         await monitor.start();
         healthMonitor.start();
         const auth =
@@ -342,7 +369,8 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
             ? undefined
             : { jwt: { algorithms: ['HS256'], secret: config.ws.jwtSecret } };
         const rl = config.rateLimit;
-        if (rl.httpMaxRequests > 0 || rl.wsMaxMessagesPerPrincipal > 0) buckets = sharedBuckets(config);
+        if (rl.httpMaxRequests > 0 || rl.wsMaxMessagesPerPrincipal > 0)
+          buckets = sharedBuckets(config, () => redis.get());
         if (config.ws.enabled)
           wsGateway = await createWebSocketGateway({
             bus,
@@ -360,7 +388,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
                     ...(rl.wsMaxMessagesPerPrincipal > 0
                       ? { perPrincipal: { windowMs: rl.windowMs, maxMessages: rl.wsMaxMessagesPerPrincipal } }
                       : {}),
-                    ...(buckets ? { store: buckets.store } : {}),
+                    ...(buckets ? { store: buckets } : {}),
                   },
                 }
               : {}),
@@ -384,7 +412,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
                 rateLimit: {
                   windowMs: rl.windowMs,
                   maxRequests: rl.httpMaxRequests,
-                  ...(buckets ? { store: buckets.store } : {}),
+                  ...(buckets ? { store: buckets } : {}),
                 },
               }
             : {}),
@@ -409,8 +437,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         healthMonitor.stop();
         await wsGateway?.close().catch(() => {});
         await httpGateway?.close().catch(() => {});
-        buckets?.close();
         await bus.stop().catch(() => {});
+        await contracts.close();
+        redis.close();
         throw err;
       }
       port = (server.address() as AddressInfo).port;
@@ -466,7 +495,8 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         // bus.stop() gives up on handlers still running at the deadline and leaves them unacked
         if (result === 'clean' && bus.getMetrics().queueSize > 0) result = 'timeout';
         server.closeAllConnections();
-        buckets?.close();
+        await contracts.close();
+        redis.close();
         logger.info('broker stopped', { result, ms: Date.now() - started });
         return result;
       })();

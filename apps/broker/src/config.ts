@@ -71,6 +71,14 @@ export interface BrokerConfig {
   };
   /** Prometheus metric name prefix (`@qe/metrics`); `ossa_eventbus_` gives spec 003's exact names. */
   metricsPrefix: string;
+  /**
+   * Event contracts (`@qe/contracts`): a directory of JSON Schema contract files
+   * loaded at start, checked on publish (`strict`: refused) and on consume
+   * (dead-lettered). Absent: no validation beyond the envelope.
+   */
+  contracts?: { schemaPath: string; strict: boolean };
+  /** Cross-project messaging: a JSON file with the projects (credential hashes, never secrets). */
+  projectsFile?: string;
   /** Spec 003's alert thresholds: crossing one makes health `degraded` and raises a `system.alert` event. */
   alerts: {
     maxErrorRatePercent: number;
@@ -136,6 +144,9 @@ export const CONFIG_FILE_KEYS = {
   alertMaxLatency: 'ALERT_MAX_LATENCY',
   alertMaxQueueDepth: 'ALERT_MAX_QUEUE_DEPTH',
   alertMaxMemoryMb: 'ALERT_MAX_MEMORY_MB',
+  contractsSchemaPath: 'CONTRACTS_SCHEMA_PATH',
+  contractsStrict: 'CONTRACTS_STRICT',
+  projectsFile: 'PROJECTS_FILE',
   rateLimitWindow: 'RATE_LIMIT_WINDOW',
   rateLimitMaxRequests: 'RATE_LIMIT_MAX_REQUESTS',
   wsRateLimitMaxMessages: 'WS_RATE_LIMIT_MAX_MESSAGES',
@@ -372,6 +383,13 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     maxMemoryBytes: int('ALERT_MAX_MEMORY_MB', 512, 16, 1_048_576, ' (MB)') * 1024 * 1024,
   };
   const redis = readRedis(raw, problems);
+  const schemaPath = str('CONTRACTS_SCHEMA_PATH', '');
+  const contractsStrict = bool('CONTRACTS_STRICT', true);
+  if (schemaPath === '' && raw.has('CONTRACTS_STRICT'))
+    problems.push(
+      'CONTRACTS_STRICT: set without CONTRACTS_SCHEMA_PATH (accepted: also set the schema directory)',
+    );
+  const projectsFile = str('PROJECTS_FILE', '');
   const allowInsecureRemote = bool('ALLOW_INSECURE_REMOTE', false);
   if (!isLoopback(host) && jwtSecret === '' && !allowInsecureRemote)
     problems.push(
@@ -419,6 +437,8 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     metricsPrefix,
     alerts,
     rateLimit,
+    ...(schemaPath === '' ? {} : { contracts: { schemaPath, strict: contractsStrict } }),
+    ...(projectsFile === '' ? {} : { projectsFile }),
   };
 }
 

@@ -78,6 +78,7 @@ export function renderDashboardHtml(serviceName: string): string {
   <section class="card w4"><h2>Connections</h2><div id="connections"></div><h2 style="margin-top:14px">Circuit breakers</h2><div id="circuits"></div></section>
   <section class="card w6"><h2>Consumer lag</h2><div id="lag"></div></section>
   <section class="card w6"><h2>Dead letters</h2><div id="dead"></div></section>
+  <section class="card w12" id="contracts-card" style="display:none"><h2>Contracts and cross-project messages</h2><div id="contracts"></div><div class="bars" id="b-xp"></div></section>
   <section class="card w12"><h2>Sagas</h2><div class="bars" id="b-sagas"></div><div id="sagas"></div></section>
   <footer>Polling <code>/api/dashboard</code> every second · <a href="/metrics">/metrics</a> · <a href="/health">/health</a> · <a href="/dead-letters">/dead-letters</a></footer>
 </main>
@@ -187,6 +188,7 @@ export function renderDashboardHtml(serviceName: string): string {
       return [esc(x.type), esc(x.reason) + ' (' + x.attempts + '×)', esc(x.error.slice(0, 80)), ago(x.deadAt)];
     }), 'no dead letters — every event was handled');
     sagas(d);
+    contractsPanel(d);
   }
 
   function sagas(d) {
@@ -199,6 +201,23 @@ export function renderDashboardHtml(serviceName: string): string {
     table($('sagas'), [{ t: 'saga' }, { t: 'transaction' }, { t: 'status' }, { t: 'step' }, { t: 'progress', n: 1 }, { t: 'updated' }], d.sagas.running.map(function (r) {
       return [esc(r.saga), '<code>' + esc(r.transactionId) + '</code>', esc(r.status), r.step ? esc(r.step) : '–', Math.round(r.progress * 100) + '%', ago(r.updatedAt)];
     }), 'no saga running now');
+  }
+
+  function contractsPanel(d) {
+    var c = d.contracts;
+    $('contracts-card').style.display = c ? 'block' : 'none';
+    if (!c) return;
+    var rows = [];
+    if (c.validation) {
+      rows.push(['events checked against their contract', num(c.validation.checked)]);
+      rows.push(['publishes refused (strict)', num(c.validation.publishRefused)]);
+      rows.push(['invalid events published anyway (non-strict)', num(c.validation.publishInvalid)]);
+      rows.push(['invalid events dead-lettered on consume', num(c.validation.consumeRejected)]);
+    }
+    if (c.crossProject) rows.push(['cross-project messages dead-lettered by their receiver', num(c.crossProject.receiveRejected)]);
+    table($('contracts'), [{ t: 'contracts' }, { t: 'events', n: 1 }], rows, 'no contracts configured');
+    var xp = c.crossProject ? c.crossProject.messages : {};
+    bars($('b-xp'), Object.keys(xp).filter(function (k) { return xp[k] > 0; }).map(function (k) { return [k, xp[k]]; }), function (k) { return k === 'delivered' ? '#16a34a' : '#dc2626'; });
   }
 
   var failures = 0;

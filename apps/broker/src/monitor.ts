@@ -9,6 +9,7 @@ import {
   type QEEventBus,
   toError,
 } from '@qe/core';
+import type { ContractsView } from './contracts.js';
 
 /** A circuit breaker's state as the dashboard shows it. */
 export interface CircuitView {
@@ -101,6 +102,8 @@ export interface DashboardSnapshot {
     counts: Record<string, number>;
     running: SagaRow[];
   };
+  /** Contract validation and cross-project refusals; null when neither is configured. */
+  contracts: ContractsView | null;
   deadLetters: {
     count: number;
     recent: { id: string; type: string; reason: string; error: string; deadAt: number; attempts: number }[];
@@ -129,6 +132,8 @@ export interface MonitorOptions {
   healthIntervalMs: number;
   /** How health is judged (default: the bus's `healthCheck()`). */
   health?: () => Promise<{ status: string; reasons: readonly string[] }>;
+  /** Contract checks and cross-project messages by outcome (`@qe/contracts`), when configured. */
+  contracts?: () => ContractsView;
   /** Samples kept for the charts. Default 300. */
   historySize?: number;
   logger: Logger;
@@ -403,6 +408,7 @@ export class BrokerMonitor {
       },
       connections: this.connections(),
       circuits: this.circuits(),
+      contracts: this.options.contracts?.() ?? null,
       sagas: {
         counts: { ...this.sagaCounts },
         running: [...this.sagas.values()]
