@@ -354,6 +354,8 @@ export interface ConsensusStats {
   achieved: number;
   failed: number;
   votesAccepted: number;
+  /** Vote events another coordinator had handled first (recorded or refused there). */
+  votesSeen: number;
   /** Votes this coordinator refused, by reason (late, ineligible, duplicate, invalid-option). */
   votesRefused: Record<string, number>;
 }
@@ -382,8 +384,10 @@ export class ConsensusCoordinator extends EventEmitter {
     achieved: 0,
     failed: 0,
     votesAccepted: 0,
+    votesSeen: 0,
     votesRefused: {},
   };
+  private readonly open = new Set<string>();
 
   constructor(options: ConsensusOptions) {
     super();
@@ -473,7 +477,7 @@ export class ConsensusCoordinator extends EventEmitter {
   }
 
   stats(): ConsensusStats {
-    return { ...this.s, votesRefused: { ...this.s.votesRefused } };
+    return { ...this.s, open: this.open.size, votesRefused: { ...this.s.votesRefused } };
   }
 
   private async onEvent(e: AgentEvent): Promise<void> {
@@ -485,8 +489,9 @@ export class ConsensusCoordinator extends EventEmitter {
     } & Partial<Outcome>;
     if (typeof d?.proposalId !== 'string') return;
     if (e.type === T.CONSENSUS_START) {
-      if (this.timers.has(d.proposalId) || typeof d.deadline !== 'number') return;
-      this.s.open++;
+      if (this.open.has(d.proposalId) || this.outcomes.has(d.proposalId) || typeof d.deadline !== 'number')
+        return;
+      this.open.add(d.proposalId);
       const t = setTimeout(() => void this.expire(d.proposalId), Math.max(0, d.deadline - Date.now()) + 1);
       t.unref?.();
       this.timers.set(d.proposalId, t);
@@ -503,7 +508,8 @@ export class ConsensusCoordinator extends EventEmitter {
       else if (r.status === 'decided') {
         this.s.votesAccepted++;
         await this.publishOutcome(r.outcome);
-      } else if (r.status !== 'seen') {
+      } else if (r.status === 'seen') this.s.votesSeen++;
+      else {
         this.s.votesRefused[r.status] = (this.s.votesRefused[r.status] ?? 0) + 1;
         this.emit('voteRefused', { proposalId: d.proposalId, voter: d.voter, reason: r.status });
       }
@@ -513,8 +519,8 @@ export class ConsensusCoordinator extends EventEmitter {
       if (t) {
         clearTimeout(t);
         this.timers.delete(d.proposalId);
-        this.s.open = Math.max(0, this.s.open - 1);
       }
+      this.open.delete(d.proposalId);
       const o = fixOutcome(d as Outcome);
       this.outcomes.set(o.proposalId, o);
       if (this.outcomes.size > 10_000) this.outcomes.delete(this.outcomes.keys().next().value!);

@@ -125,6 +125,8 @@ export interface TaskResult<R = unknown> {
   result: R;
   agentId: string;
   attempts: number;
+  /** When the handler started (epoch ms, the agent's clock). */
+  startedAt: number;
   /** ms from assignment to the handler's start, on the agent's clock. */
   startDelayMs: number;
   durationMs: number;
@@ -1066,6 +1068,7 @@ export class SwarmNode extends EventEmitter {
         result: d.result,
         agentId: d.agentId,
         attempts: t.attempts,
+        startedAt: d.startedAt,
         startDelayMs: d.startedAt - d.assignedAt,
         durationMs: d.duration,
       };
