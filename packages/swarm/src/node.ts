@@ -297,6 +297,10 @@ export class SwarmNode extends EventEmitter {
   private readonly heads = [0, 0, 0, 0, 0];
   private readonly swarms = new Map<string, SwarmState>();
   private readonly completedIds = new Set<string>();
+  /** dependency id -> blocked tasks waiting on it */
+  private readonly dependents = new Map<string, Set<TaskRecord>>();
+  /** tasks with a deadline */
+  private readonly withDeadline = new Set<TaskRecord>();
   private readonly failedIds = new Set<string>();
   private readonly fullUntil = new Map<string, number>();
   private readonly completions: { at: number; pool: string }[] = [];
@@ -628,7 +632,7 @@ export class SwarmNode extends EventEmitter {
         if (now - a.lastSeen > this.failureTimeoutMs) this.agents.delete(a.id);
       } else if (now - a.lastSeen > this.failureTimeoutMs) this.declareFailed(a, true);
     }
-    for (const t of this.tasks.values()) {
+    for (const t of this.withDeadline) {
       if (t.deadline !== undefined && now > t.deadline && !isTerminal(t.state)) {
         if (t.state === 'assigned') this.cancelRemote(t, 'deadline');
         this.finish(t, 'failed', 'deadline', 'its deadline passed');
@@ -678,9 +682,15 @@ export class SwarmNode extends EventEmitter {
         }),
       )
       .catch((err: unknown) => this.reportError(err));
+    if (t.deadline !== undefined) this.withDeadline.add(t);
     if (t.waitingFor.size > 0) {
       t.state = 'blocked';
       this.counts.blocked++;
+      for (const dep of t.waitingFor) {
+        let set = this.dependents.get(dep);
+        if (!set) this.dependents.set(dep, (set = new Set()));
+        set.add(t);
+      }
     } else this.enqueue(t);
     return p;
   }
@@ -983,18 +993,34 @@ export class SwarmNode extends EventEmitter {
       )
       .catch(() => undefined);
     this.tasks.delete(t.id);
+    this.forget(t);
     t.reject(err);
     this.failDependents(t.id);
   }
 
+  /** Drops a finished task from the indexes. */
+  private forget(t: TaskRecord): void {
+    this.withDeadline.delete(t);
+    for (const dep of t.waitingFor) {
+      const set = this.dependents.get(dep);
+      set?.delete(t);
+      if (set?.size === 0) this.dependents.delete(dep);
+    }
+  }
+
   private failDependents(id: string): void {
-    for (const d of this.tasks.values())
-      if (d.state === 'blocked' && d.waitingFor.has(id))
-        this.finish(d, 'failed', 'dependency-failed', `dependency ${id} failed`);
+    const set = this.dependents.get(id);
+    if (!set) return;
+    this.dependents.delete(id);
+    for (const d of [...set])
+      if (d.state === 'blocked') this.finish(d, 'failed', 'dependency-failed', `dependency ${id} failed`);
   }
 
   private resolveDep(id: string, publish: boolean): void {
-    for (const d of this.tasks.values()) {
+    const set = this.dependents.get(id);
+    if (!set) return;
+    this.dependents.delete(id);
+    for (const d of set) {
       if (d.state !== 'blocked' || !d.waitingFor.delete(id)) continue;
       if (publish)
         void this.bus
@@ -1063,6 +1089,7 @@ export class SwarmNode extends EventEmitter {
       t.state = 'completed';
       this.counts.completed++;
       this.tasks.delete(t.id);
+      this.forget(t);
       const r: TaskResult = {
         taskId: t.id,
         result: d.result,
