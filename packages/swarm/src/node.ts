@@ -8,6 +8,7 @@ import {
   PermanentError,
   uuidv7,
 } from '@qe/core';
+import type { Redis } from 'ioredis';
 import { type AutoscaleOptions, Autoscaler, type PoolSample, type ScaleSignal } from './autoscale.js';
 import {
   checkId,
@@ -149,6 +150,14 @@ export interface SwarmNodeOptions {
   ackTimeoutMs?: number;
   /** Publish spec 003's lifecycle names beside spec 000's. Default true. */
   spec003Names?: boolean;
+  /**
+   * An ioredis client: of the nodes that notice an agent stopped heartbeating,
+   * only the first (`SET NX`) publishes `agent.error`/`agent.failed`. Without
+   * it each node that notices first-hand publishes them.
+   */
+  redis?: Redis;
+  /** Prefix of the Redis keys. Default `qe:swarm`. */
+  keyPrefix?: string;
 }
 
 export interface SwarmState {
@@ -248,6 +257,8 @@ const NODE_KEYS = [
   'taskTimeoutMs',
   'ackTimeoutMs',
   'spec003Names',
+  'redis',
+  'keyPrefix',
 ];
 const AGENT_KEYS = ['id', 'type', 'capabilities', 'capacity', 'pool', 'swarmId', 'handler'];
 const TASK_KEYS = [
@@ -289,6 +300,8 @@ export class SwarmNode extends EventEmitter {
   private readonly taskTimeoutMs: number;
   private readonly ackTimeoutMs: number;
   private readonly spec003: boolean;
+  private readonly redis: Redis | undefined;
+  private readonly keyPrefix: string;
 
   private readonly local = new Map<string, LocalAgent>();
   private readonly agents = new Map<string, AgentView>();
@@ -358,6 +371,10 @@ export class SwarmNode extends EventEmitter {
     this.taskTimeoutMs = checkPositiveInt('taskTimeoutMs', options.taskTimeoutMs, 60_000);
     this.ackTimeoutMs = checkPositiveInt('ackTimeoutMs', options.ackTimeoutMs, 10_000);
     this.spec003 = options.spec003Names ?? true;
+    if (options.redis !== undefined && typeof (options.redis as { set?: unknown }).set !== 'function')
+      throw new ConfigError('redis', 'must be an ioredis client');
+    this.redis = options.redis;
+    this.keyPrefix = options.keyPrefix ?? 'qe:swarm';
   }
 
   /** Subscribes to the swarm's events and starts heartbeats and failure detection. */
@@ -619,7 +636,16 @@ export class SwarmNode extends EventEmitter {
       },
     ];
     if (this.spec003) ev.push({ type: T.AGENT_FAILED, agentId: a.id, swarmId: a.swarmId, data });
-    void this.bus.publishBatch(ev.map(stripUndefined)).catch((err: unknown) => this.reportError(err));
+    const send = () => this.bus.publishBatch(ev.map(stripUndefined));
+    if (!this.redis) {
+      void send().catch((err: unknown) => this.reportError(err));
+      return;
+    }
+    // one declaration per failure across nodes: the key lives one failure timeout
+    void this.redis
+      .set(`${this.keyPrefix}:agent-failed:{${a.id}}`, this.nodeId, 'PX', this.failureTimeoutMs, 'NX')
+      .then((ok) => (ok === 'OK' ? send() : undefined))
+      .catch((err: unknown) => this.reportError(err));
   }
 
   /** Periodic: failure detection, deadlines, forgetting failed agents. */

@@ -112,6 +112,8 @@ async function parentNode(p: string, id: string) {
     bus: await parentBus(p, id),
     heartbeatIntervalMs: HB,
     failureTimeoutMs: FAIL,
+    redis: r,
+    keyPrefix: `${p}:swarm`,
   });
   await node.start();
   stops.push(() => node.stop());
@@ -150,6 +152,10 @@ describe('swarm over Redis, agents in separate processes', () => {
 
     const failedAt = new Map<string, number>();
     d.on('agentFailed', (a: { id: string }) => failedAt.set(a.id, Date.now()));
+    const failedEvents: string[] = [];
+    d.bus.subscribe('agent.failed', (e: AgentEvent) => {
+      failedEvents.push(e.agentId);
+    });
     const N = 600;
     const results = new Map<string, TaskResult>();
     const all = Array.from({ length: N }, (_, i) =>
@@ -202,6 +208,11 @@ describe('swarm over Redis, agents in separate processes', () => {
     expect(s.tasks.reassigned).toBeGreaterThanOrEqual(handedOn);
     // the survivors saw it too
     await Promise.all([askView(procs[0]!, 80), askView(procs[2]!, 80)]);
+    // 3 nodes noticed (this one and the 2 survivors, which have now declared them too);
+    // one agent.failed per agent all the same (SET NX in Redis)
+    await waitFor(() => failedEvents.length >= 40, '40 agent.failed events');
+    expect(failedEvents.filter((id) => id.startsWith('p2-')).length).toBe(40);
+    expect(new Set(failedEvents).size).toBe(40);
   }, 90_000);
 
   it('a paused swarm takes no task (counted in Redis after the pause is acknowledged) until resumed', async () => {
