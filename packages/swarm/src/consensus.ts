@@ -191,7 +191,7 @@ local w = redis.call('HGET', h, 'w:' .. voter)
 if not w then redis.call('HINCRBY', h, 'c:ineligible', 1) return {'ineligible'} end
 if redis.call('HEXISTS', h, 'o:' .. option) == 0 then redis.call('HINCRBY', h, 'c:invalid-option', 1) return {'invalid-option'} end
 if redis.call('HEXISTS', h, 'v:' .. voter) == 1 then redis.call('HINCRBY', h, 'c:duplicate', 1) return {'duplicate'} end
-if now > tonumber(redis.call('HGET', h, 'm:deadline')) then
+if redis.call('EXISTS', out) == 1 or now > tonumber(redis.call('HGET', h, 'm:deadline')) then
   redis.call('HINCRBY', h, 'c:late', 1) return {'late'} end
 redis.call('HSET', h, 'v:' .. voter, option)
 local t = tonumber(redis.call('HINCRBYFLOAT', h, 't:' .. option, w))
@@ -212,7 +212,7 @@ elseif best + (total - cast) < need - 1e-9 then
   res = {proposalId = ARGV[6], kind = 'fail', reason = 'unreachable', tally = tally, decidedBy = by, decidedAt = now}
 else return {'accepted'} end
 local enc = cjson.encode(res)
-redis.call('SET', out, enc, 'PX', tonumber(ARGV[7])) do return {'decided', enc} end
+if redis.call('SET', out, enc, 'NX', 'PX', tonumber(ARGV[7])) then return {'decided', enc} end
 return {'accepted'}
 `;
 
@@ -220,12 +220,12 @@ const EXPIRE_LUA = `
 local h, out = KEYS[1], KEYS[2]
 local now, by = tonumber(ARGV[1]), ARGV[2]
 if redis.call('EXISTS', h) == 0 then return {'unknown'} end
-if now <= tonumber(redis.call('HGET', h, 'm:deadline')) then return {'late'} end
+if redis.call('EXISTS', out) == 1 or now <= tonumber(redis.call('HGET', h, 'm:deadline')) then return {'late'} end
 local options = cjson.decode(redis.call('HGET', h, 'm:options'))
 local tally = {}
 for _, o in ipairs(options) do tally[o] = tonumber(redis.call('HGET', h, 't:' .. o) or '0') end
 local enc = cjson.encode({proposalId = ARGV[3], kind = 'fail', reason = 'deadline', tally = tally, decidedBy = by, decidedAt = now})
-redis.call('SET', out, enc, 'PX', tonumber(ARGV[4])) do return {'decided', enc} end
+if redis.call('SET', out, enc, 'NX', 'PX', tonumber(ARGV[4])) then return {'decided', enc} end
 return {'late'}
 `;
 
