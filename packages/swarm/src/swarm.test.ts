@@ -275,6 +275,36 @@ describe('dispatch (memory)', () => {
     expect(d.getOrchestrationStats()).toMatchObject({ failedAgents: 10, activeAgents: 10 });
   });
 
+  it('two dispatchers on the same agents: an agent refuses what exceeds its capacity, the task waits and completes', async () => {
+    const broker = new MemoryBroker();
+    const host = await makeNode('h', broker);
+    let running = 0;
+    let maxRunning = 0;
+    for (let i = 0; i < 3; i++)
+      await host.registerAgent({
+        id: `a${i}`,
+        type: 'w',
+        capacity: 2,
+        handler: async () => {
+          maxRunning = Math.max(maxRunning, ++running);
+          await delay(5);
+          running--;
+        },
+      });
+    const d1 = await makeNode('d1', broker);
+    const d2 = await makeNode('d2', broker);
+    await waitFor(() => d1.listAgents().length === 3 && d2.listAgents().length === 3, 'both see the agents');
+    const all = await Promise.all([
+      ...Array.from({ length: 60 }, () => d1.submit({})),
+      ...Array.from({ length: 60 }, () => d2.submit({})),
+    ]);
+    expect(all).toHaveLength(120);
+    expect(maxRunning).toBeLessThanOrEqual(6); // never more than the capacity, although both dispatched at once
+    const rejected = d1.getOrchestrationStats().tasks.rejected + d2.getOrchestrationStats().tasks.rejected;
+    expect(rejected).toBeGreaterThan(0);
+    expect(all.every((r) => r.attempts === 1)).toBe(true); // a refusal is not an attempt
+  });
+
   it('an attempt that times out is handed on and cancelled on the agent', async () => {
     const broker = new MemoryBroker();
     const host = await makeNode('h', broker);
