@@ -118,6 +118,7 @@ export interface RegistryStats {
   healthy: number;
   degraded: number;
   unhealthy: number;
+  /** Instances dropped because they stopped heartbeating (noticed here or announced by another registry). */
   expired: number;
   byService: Record<string, { instances: number; healthy: number; versions: string[] }>;
   timestamp: number;
@@ -444,7 +445,6 @@ export class ServiceRegistry extends EventEmitter {
     for (const i of [...this.instances.values()]) {
       if (this.local.has(i.instanceId)) continue;
       if (now - i.lastSeen > this.failureTimeoutMs) {
-        this.expiredCount++;
         this.remove(i.instanceId, 'expired');
         void this.redis
           ?.eval(
@@ -500,6 +500,7 @@ export class ServiceRegistry extends EventEmitter {
     const prev = this.instances.get(instanceId);
     if (!prev) return;
     this.instances.delete(instanceId);
+    if (reason === 'expired') this.expiredCount++;
     this.notify({ kind: 'down', instance: clone(prev), reason });
   }
 

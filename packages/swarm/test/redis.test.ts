@@ -156,10 +156,12 @@ describe('swarm over Redis, agents in separate processes', () => {
     d.bus.subscribe('agent.failed', (e: AgentEvent) => {
       failedEvents.push(e.agentId);
     });
+    // tasks long enough (300-500 ms) that p2's agents are mid-task whenever the kill comes,
+    // however far behind this process is in reading completions
     const N = 600;
     const results = new Map<string, TaskResult>();
     const all = Array.from({ length: N }, (_, i) =>
-      d.submit({ id: `t${i}`, requires: ['work'], input: { ms: 40 + (i % 5) * 20 } }).then((res) => {
+      d.submit({ id: `t${i}`, requires: ['work'], input: { ms: 300 + (i % 5) * 50 } }).then((res) => {
         results.set(res.taskId, res);
         return res;
       }),
