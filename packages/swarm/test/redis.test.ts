@@ -323,9 +323,17 @@ describe('swarm over Redis, agents in separate processes', () => {
         achieved++;
       }
       const refused = await c0.refusedVotes(`prop${i}`);
-      expect(refused.ineligible).toBe(1);
+      expect(refused.ineligible).toBe(1); // the intruder
+      expect(refused.duplicate).toBe(1); // v1's second vote, whichever came second
     }
     expect(achieved).toBe(24);
+    // a vote after the deadline is refused as late, and changes nothing
+    for (let i = 4; i < N; i += 5) await c0.vote(`prop${i}`, 'v3', 'a');
+    await waitFor(async () => {
+      for (let i = 4; i < N; i += 5) if ((await c0.refusedVotes(`prop${i}`)).late !== 1) return false;
+      return true;
+    }, 'six late votes refused');
+    for (let i = 4; i < N; i += 5) expect(await c0.store.outcome(`prop${i}`)).toMatchObject({ kind: 'fail' });
     // the decisions were spread over the racing coordinators, not all taken by one
     const deciders = new Set([...outcomes.values()].map((l) => l[0]!.decidedBy));
     expect(deciders.size).toBeGreaterThan(1);
