@@ -320,6 +320,7 @@ export class SwarmNode extends EventEmitter {
   private readonly autoscalers: Autoscaler[] = [];
   private readonly signals: ScaleSignal[] = [];
   private readonly unsubs: (() => void)[] = [];
+  private readonly outbox: { ev: EventInput; resolve: () => void; reject: (e: unknown) => void }[] = [];
   private counts: TaskCounts = {
     blocked: 0,
     waiting: 0,
@@ -689,25 +690,23 @@ export class SwarmNode extends EventEmitter {
         return p;
       }
     }
-    void this.bus
-      .publish(
-        stripUndefined({
-          type: T.TASK_CREATE,
-          agentId: this.nodeId,
-          swarmId: t.swarmId,
-          priority: t.priority,
-          data: stripUndefined({
-            taskId: t.id,
-            kind: t.kind,
-            requires: t.requires,
-            pool: t.pool,
-            dependsOn: [...t.waitingFor],
-            deadline: t.deadline,
-            dispatcher: this.nodeId,
-          }),
+    void this.send(
+      stripUndefined({
+        type: T.TASK_CREATE,
+        agentId: this.nodeId,
+        swarmId: t.swarmId,
+        priority: t.priority,
+        data: stripUndefined({
+          taskId: t.id,
+          kind: t.kind,
+          requires: t.requires,
+          pool: t.pool,
+          dependsOn: [...t.waitingFor],
+          deadline: t.deadline,
+          dispatcher: this.nodeId,
         }),
-      )
-      .catch((err: unknown) => this.reportError(err));
+      }),
+    ).catch((err: unknown) => this.reportError(err));
     if (t.deadline !== undefined) this.withDeadline.add(t);
     if (t.waitingFor.size > 0) {
       t.state = 'blocked';
@@ -943,21 +942,19 @@ export class SwarmNode extends EventEmitter {
       assignedAt: now,
     };
     this.emit('taskAssigned', { taskId: t.id, agentId: a.id, attempt });
-    this.bus
-      .publish(
-        stripUndefined({
-          type: T.TASK_ASSIGNED,
-          agentId: this.nodeId,
-          swarmId: a.swarmId,
-          priority: t.priority,
-          data,
-        }),
-      )
-      .catch((err: unknown) => {
-        this.reportError(err);
-        if (t.state === 'assigned' && t.attempts === attempt)
-          this.retry(t, 'assignment could not be published', false);
-      });
+    this.send(
+      stripUndefined({
+        type: T.TASK_ASSIGNED,
+        agentId: this.nodeId,
+        swarmId: a.swarmId,
+        priority: t.priority,
+        data,
+      }),
+    ).catch((err: unknown) => {
+      this.reportError(err);
+      if (t.state === 'assigned' && t.attempts === attempt)
+        this.retry(t, 'assignment could not be published', false);
+    });
   }
 
   /** Ends the current attempt; the task goes back to waiting, or is dead-lettered after its last attempt. */
@@ -1237,8 +1234,40 @@ export class SwarmNode extends EventEmitter {
       a.running.delete(key);
       if (a.running.size === 0) a.drained?.();
       if (a.status === 'terminated' && ctrl.signal.aborted) return;
-      await this.bus.publish(stripUndefined(ev)).catch((err: unknown) => this.reportError(err));
+      await this.send(stripUndefined(ev)).catch((err: unknown) => this.reportError(err));
     })();
+  }
+
+  /**
+   * Task events (create, assign, results) go out in batches: everything queued
+   * in one turn of the event loop is one `publishBatch`, so a burst of tasks
+   * costs a few transport calls instead of one per event. A batch the bus
+   * refuses is retried event by event, so one bad event fails alone.
+   */
+  private send(ev: EventInput): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.outbox.push({ ev, resolve, reject });
+      if (this.outbox.length === 1) setImmediate(() => void this.flush());
+    });
+  }
+
+  private async flush(): Promise<void> {
+    while (this.outbox.length > 0) {
+      const batch = this.outbox.splice(0, 500);
+      try {
+        await this.bus.publishBatch(batch.map((b) => b.ev));
+        for (const b of batch) b.resolve();
+      } catch {
+        await Promise.all(
+          batch.map((b) =>
+            this.bus.publish(b.ev).then(
+              () => b.resolve(),
+              (err: unknown) => b.reject(err),
+            ),
+          ),
+        );
+      }
+    }
   }
 
   // ---------------------------------------------------------------- swarms
