@@ -1,4 +1,4 @@
-import { ConfigError, EventBusError, NotFoundError, TimeoutError, ValidationError } from '@qe/core';
+import { EventBusError, NotFoundError, TimeoutError, ValidationError } from '@qe/core';
 
 /** An id (agent, task, swarm, proposal, voter) that cannot be used. `details.field` names it. */
 export class InvalidIdError extends ValidationError {
@@ -54,8 +54,6 @@ export type TaskFailReason = 'dead-lettered' | 'failed' | 'cancelled' | 'deadlin
 
 /** A wait (pause acknowledgement, proposal outcome) passed its time. Code `TIMEOUT`. */
 export class SwarmTimeoutError extends TimeoutError {}
-
-export { ConfigError };
 
 const ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 export function checkId(field: string, value: unknown): string {
