@@ -375,6 +375,14 @@ describe('swarms (memory)', () => {
     expect(host.getSwarm('s1')).toMatchObject({ state: 'running', phase: 'build' });
     await ctl.completeSwarm('s1');
     expect(ctl.getOrchestrationStats().swarms.s1).toEqual({ state: 'completed', phase: 'build' });
+    await expect(ctl.resumeSwarm('s1')).rejects.toBeInstanceOf(InvalidTransitionError);
+    // a swarm that errors: its agents take nothing until it is initialized again
+    await ctl.initSwarm('s2');
+    await ctl.startSwarm('s2');
+    const errored = await ctl.failSwarm('s2', 'planner crashed');
+    expect(errored).toMatchObject({ state: 'error', error: 'planner crashed' });
+    await expect(ctl.startSwarm('s2')).rejects.toBeInstanceOf(InvalidTransitionError);
+    expect((await ctl.initSwarm('s2')).state).toBe('initialized');
   });
 });
 
