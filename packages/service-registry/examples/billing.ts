@@ -66,7 +66,12 @@ export async function main(): Promise<{ found: string[]; contracts: string[]; an
     await done;
     return { found, contracts, answered };
   } finally {
+    const exited =
+      service.exitCode === null && service.signalCode === null
+        ? new Promise((r) => service.once('exit', r))
+        : undefined;
     service.kill('SIGTERM');
+    await exited; // it deregisters on SIGTERM: let it finish before we go
     await close();
   }
 }

@@ -59,7 +59,12 @@ export async function main(): Promise<{ processes: number; results: string[] }> 
     console.log(JSON.stringify(node.getOrchestrationStats().tasks));
     return { processes: pids.size, results: results.map((r) => String(r.result)) };
   } finally {
+    const exited =
+      worker.exitCode === null && worker.signalCode === null
+        ? new Promise((r) => worker.once('exit', r))
+        : undefined;
     worker.kill('SIGTERM');
+    await exited; // it deregisters on SIGTERM: let it finish before we go
     await node.stop();
     await bus.stop();
   }
