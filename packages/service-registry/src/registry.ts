@@ -211,7 +211,7 @@ export class ServiceRegistry extends EventEmitter {
     this.started = true;
     const u = this.bus.subscribe('service.**', (e: AgentEvent) => this.onEvent(e));
     this.unsub = u;
-    await (u as unknown as { ready?: Promise<void> }).ready;
+    await u.ready;
     if (this.redis) {
       const now = Date.now();
       const all = await this.redis.hgetall(this.key);
@@ -403,7 +403,7 @@ export class ServiceRegistry extends EventEmitter {
         group: `svc:${l.inst.name}:${s.op}`,
       });
       s.unsub = u;
-      await (u as unknown as { ready?: Promise<void> }).ready;
+      await u.ready;
     } else if (!serving && s.unsub) {
       s.unsub();
       s.unsub = undefined;

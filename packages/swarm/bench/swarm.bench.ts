@@ -104,7 +104,7 @@ async function groupRun(makeTransport: () => Transport): Promise<Row> {
         { group: 'workers', maxConcurrency: 1 },
       ),
     );
-  await Promise.all(subs.map((s) => (s as unknown as { ready?: Promise<void> }).ready));
+  await Promise.all(subs.map((s) => s.ready));
   const t0 = performance.now();
   const CHUNK = 1000;
   for (let i = 0; i < TASKS; i += CHUNK)

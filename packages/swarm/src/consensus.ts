@@ -413,7 +413,7 @@ export class ConsensusCoordinator extends EventEmitter {
       { maxConcurrency: 32 },
     );
     this.unsub = u;
-    await (u as unknown as { ready?: Promise<void> }).ready;
+    await u.ready;
   }
 
   async stop(): Promise<void> {

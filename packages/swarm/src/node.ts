@@ -400,7 +400,7 @@ export class SwarmNode extends EventEmitter {
       this.bus.subscribe('swarm.**', (e: AgentEvent) => this.onSwarmEvent(e)),
     ];
     this.unsubs.push(...subs);
-    await Promise.all(subs.map((u) => (u as unknown as { ready?: Promise<void> }).ready));
+    await Promise.all(subs.map((u) => u.ready));
     this.hbTimer = setInterval(() => void this.heartbeat(), this.heartbeatIntervalMs);
     this.hbTimer.unref();
     const tick = Math.max(5, Math.min(250, Math.floor(this.heartbeatIntervalMs / 4)));
