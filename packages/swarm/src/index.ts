@@ -1,0 +1,52 @@
+export { type AutoscaleOptions, Autoscaler, type PoolSample, type ScaleSignal } from './autoscale.js';
+export {
+  ConsensusCoordinator,
+  type ConsensusOptions,
+  type ConsensusStats,
+  type ConsensusStore,
+  MemoryConsensusStore,
+  normalizeProposal,
+  type Outcome,
+  type ProposalRecord,
+  type ProposalSpec,
+  RedisConsensusStore,
+  type VoteResult,
+  type VoteStatus,
+} from './consensus.js';
+export {
+  DuplicateAgentError,
+  InvalidIdError,
+  InvalidSpecError,
+  InvalidTransitionError,
+  SwarmTimeoutError,
+  TaskFailedError,
+  type TaskFailReason,
+  UnknownEntityError,
+} from './errors.js';
+export {
+  type AgentDescriptor,
+  type AgentStatus,
+  type AnySwarmBus,
+  type AssignData,
+  type HeartbeatData,
+  SwarmEventTypes,
+  type TaskResultData,
+} from './events.js';
+export {
+  type AgentSpec,
+  type AgentView,
+  type OrchestrationStats,
+  type PoolStats,
+  type StrategyFn,
+  type StrategyName,
+  SwarmNode,
+  type SwarmNodeOptions,
+  type SwarmState,
+  type TaskContext,
+  type TaskCounts,
+  type TaskHandler,
+  type TaskResult,
+  type TaskSpec,
+  type TaskState,
+  type TaskView,
+} from './node.js';
