@@ -221,7 +221,7 @@ Examples:
     .description(
       'run the load generator (qe-loadgen, apps/loadgen) with these arguments; exit code is its verdict',
     )
-    .argument('<scenario>', 'throughput, latency, stress, sustained or burst')
+    .argument('[scenario]', 'throughput, latency, stress, sustained or burst')
     .argument(
       '[loadgen-options...]',
       'passed on: --target memory|redis|raw-redis|ws|http, --rate, --duration, ...',
@@ -240,7 +240,14 @@ Examples:
     )
     .action(async (_scenario: string, _rest: string[], o: { help?: boolean }, cmd: Command) => {
       // unknown options are kept in order in cmd.args: hand them all to qe-loadgen
-      const args = o.help ? ['--help'] : [...cmd.args];
+      if (o.help || cmd.args.length === 0) {
+        // qe's part of the help, then qe-loadgen's own (its scenarios, targets and options)
+        cmd.outputHelp();
+        process.stdout.write('\nqe-loadgen --help:\n');
+        await bench(ctxOf(cmd), ['--help'], false);
+        return setExit(o.help ? 0 : 2);
+      }
+      const args = [...cmd.args];
       const g = cmd.optsWithGlobals() as GlobalOptions;
       setExit(await bench(ctxOf(cmd), args, g.broker !== undefined || process.env.QE_BROKER !== undefined));
     });
