@@ -6,6 +6,7 @@ import { defineConfig } from 'tsup';
 export default defineConfig({
   entry: { main: 'src/main.ts' },
   format: ['esm'],
+  splitting: true,
   dts: false,
   clean: true,
   sourcemap: true,

@@ -1,11 +1,4 @@
 import { Command, CommanderError, Option } from 'commander';
-import { bench } from './commands/bench.js';
-import { dlqList, dlqPurge, dlqRedrive, dlqShow } from './commands/dlq.js';
-import { health } from './commands/health.js';
-import { history, replay } from './commands/history.js';
-import { publish } from './commands/publish.js';
-import { stats } from './commands/stats.js';
-import { tail } from './commands/tail.js';
 import { type Context, DEFAULT_BROKER, type GlobalOptions, makeContext } from './context.js';
 import { CliError, EXIT, UsageError } from './errors.js';
 import { parseFilters, parseIntOption } from './io.js';
@@ -26,6 +19,17 @@ Output: people-friendly text (colour on a terminal; --no-color or NO_COLOR turn 
 Errors go to stderr as "qe: <what happened>" and "hint: <what to do>".`;
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+// Commands are loaded when run, so --help and usage errors start fast (no Redis or WebSocket client loaded).
+const cmds = {
+  bench: () => import('./commands/bench.js'),
+  dlq: () => import('./commands/dlq.js'),
+  health: () => import('./commands/health.js'),
+  history: () => import('./commands/history.js'),
+  publish: () => import('./commands/publish.js'),
+  stats: () => import('./commands/stats.js'),
+  tail: () => import('./commands/tail.js'),
+};
 
 function withFilters(cmd: Command): Command {
   return cmd.option(
@@ -88,7 +92,7 @@ Examples:
 Output: the event ids (--json: {"published":n,"ids":[...]}). Over a broker: its WebSocket gateway; with --redis: a bus on the Redis transport.`,
     )
     .action(async (type: string | undefined, data: string | undefined, o, cmd: Command) => {
-      await publish(ctxOf(cmd), type, data, o);
+      await (await cmds.publish()).publish(ctxOf(cmd), type, data, o);
     });
 
   withFilters(
@@ -110,7 +114,7 @@ Examples:
   qe tail '**' --json --filter priority=critical,high | jq .type`,
     )
     .action(async (pattern: string, o, cmd: Command) => {
-      await tail(ctxOf(cmd), pattern, parseFilters(o.filter), o);
+      await (await cmds.tail()).tail(ctxOf(cmd), pattern, parseFilters(o.filter), o);
     });
 
   withFilters(
@@ -132,7 +136,7 @@ Examples:
   qe history --redis redis://127.0.0.1:6379 --correlation-id order-42 --json`,
     )
     .action(async (pattern: string, o, cmd: Command) => {
-      await history(ctxOf(cmd), pattern, parseFilters(o.filter), o);
+      await (await cmds.history()).history(ctxOf(cmd), pattern, parseFilters(o.filter), o);
     });
 
   withFilters(
@@ -157,7 +161,7 @@ Examples:
   qe replay --redis redis://127.0.0.1:6379 --correlation-id saga-7 --json`,
     )
     .action(async (pattern: string, o, cmd: Command) => {
-      await replay(ctxOf(cmd), pattern, parseFilters(o.filter), o);
+      await (await cmds.history()).replay(ctxOf(cmd), pattern, parseFilters(o.filter), o);
     });
 
   const dlq = program
@@ -178,26 +182,26 @@ Examples:
     .option('--pattern <pattern>', 'only events of these types')
     .option('-l, --limit <n>', 'at most n', '100')
     .option('--after <id>', 'page on: the dead letters after this id')
-    .action(async (o, cmd: Command) => dlqList(ctxOf(cmd), o));
+    .action(async (o, cmd: Command) => (await cmds.dlq()).dlqList(ctxOf(cmd), o));
   dlq
     .command('show')
     .description('one dead letter: the event, the error, attempts')
     .argument('<id>', 'dead letter id (from qe dlq list)')
-    .action(async (id: string, _o, cmd: Command) => dlqShow(ctxOf(cmd), id));
+    .action(async (id: string, _o, cmd: Command) => (await cmds.dlq()).dlqShow(ctxOf(cmd), id));
   dlq
     .command('redrive')
     .description('send dead letters back to the subscription that failed them')
     .argument('[ids...]', 'dead letter ids')
     .option('--pattern <pattern>', 'every dead letter of these event types')
     .option('--all', 'every dead letter')
-    .action(async (ids: string[], o, cmd: Command) => dlqRedrive(ctxOf(cmd), ids, o));
+    .action(async (ids: string[], o, cmd: Command) => (await cmds.dlq()).dlqRedrive(ctxOf(cmd), ids, o));
   dlq
     .command('purge')
     .description('delete dead letters (everything only with --all)')
     .argument('[ids...]', 'dead letter ids')
     .option('--pattern <pattern>', 'every dead letter of these event types')
     .option('--all', 'every dead letter')
-    .action(async (ids: string[], o, cmd: Command) => dlqPurge(ctxOf(cmd), ids, o));
+    .action(async (ids: string[], o, cmd: Command) => (await cmds.dlq()).dlqPurge(ctxOf(cmd), ids, o));
 
   program
     .command('stats')
@@ -207,14 +211,14 @@ Examples:
     .option('-1, --once', 'print one snapshot and exit')
     .option('-i, --interval <ms>', 'refresh period', '1000')
     .addHelpText('after', '\nWith --json: the raw snapshot (--once), or one per line every interval.')
-    .action(async (o, cmd: Command) => stats(ctxOf(cmd), o));
+    .action(async (o, cmd: Command) => (await cmds.stats()).stats(ctxOf(cmd), o));
 
   program
     .command('health')
     .description(
       "the broker's /health (or, with --redis, a bus health check): exit 0 healthy, 1 degraded, unhealthy or unreachable",
     )
-    .action(async (_o, cmd: Command) => setExit(await health(ctxOf(cmd))));
+    .action(async (_o, cmd: Command) => setExit(await (await cmds.health()).health(ctxOf(cmd))));
 
   program
     .command('bench')
@@ -244,12 +248,18 @@ Examples:
         // qe's part of the help, then qe-loadgen's own (its scenarios, targets and options)
         cmd.outputHelp();
         process.stdout.write('\nqe-loadgen --help:\n');
-        await bench(ctxOf(cmd), ['--help'], false);
+        await (await cmds.bench()).bench(ctxOf(cmd), ['--help'], false);
         return setExit(o.help ? 0 : 2);
       }
       const args = [...cmd.args];
       const g = cmd.optsWithGlobals() as GlobalOptions;
-      setExit(await bench(ctxOf(cmd), args, g.broker !== undefined || process.env.QE_BROKER !== undefined));
+      setExit(
+        await (await cmds.bench()).bench(
+          ctxOf(cmd),
+          args,
+          g.broker !== undefined || process.env.QE_BROKER !== undefined,
+        ),
+      );
     });
 
   return program;

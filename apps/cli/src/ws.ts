@@ -70,8 +70,10 @@ export class GatewaySocket {
       handshakeTimeout: ctx.timeoutMs,
     });
     await new Promise<void>((resolve, reject) => {
+      let refused = false;
       ws.once('open', () => resolve());
       ws.once('unexpected-response', (_req, res) => {
+        refused = true; // the HTTP status says why; the socket error that follows does not
         let text = '';
         res.on('data', (c: Buffer) => (text += c.toString()));
         res.on('end', () => {
@@ -82,10 +84,12 @@ export class GatewaySocket {
             // keep text
           }
           reject(httpError(res.statusCode ?? 0, url, body, ctx));
+          ws.terminate();
         });
-        ws.terminate();
       });
-      ws.once('error', (err) => reject(unreachable('broker', ctx.broker, err)));
+      ws.on('error', (err) => {
+        if (!refused) reject(unreachable('broker', ctx.broker, err));
+      });
     });
     ws.on('error', () => {}); // reported through `closed`
     return new GatewaySocket(ws, url);

@@ -1,8 +1,15 @@
+import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { qe } from './helpers.js';
 
-// Nothing listens on port 9 of loopback (discard): a broker that is not there.
-const NOWHERE = 'http://127.0.0.1:9';
+/** A loopback URL nothing listens on (a port just freed): a broker that is not there. */
+async function nowhere(): Promise<string> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  await new Promise((r) => server.close(r));
+  return `http://127.0.0.1:${port}`;
+}
 
 describe('qe without a broker: help, usage errors, hints', () => {
   it('--help works for qe and every command, exit 0', async () => {
@@ -48,13 +55,14 @@ describe('qe without a broker: help, usage errors, hints', () => {
   });
 
   it('an unreachable broker: exit 1, the URL and how to start one', async () => {
+    const NOWHERE = await nowhere();
     const [health, json, stats] = await Promise.all([
       qe(['--broker', NOWHERE, 'health']),
       qe(['--broker', NOWHERE, 'health', '--json']),
       qe(['--broker', NOWHERE, 'stats', '--once']),
     ]);
     expect(health.code).toBe(1);
-    expect(health.stderr).toContain(`cannot reach the broker at ${NOWHERE}`);
+    expect(health.stderr).toContain(`cannot reach the broker at ${NOWHERE} (ECONNREFUSED)`);
     expect(health.stderr).toContain('hint: start one with `pnpm --filter @qe/broker start`');
     expect(json.code).toBe(1);
     expect(JSON.parse(json.stdout)).toMatchObject({ status: 'unreachable' });
