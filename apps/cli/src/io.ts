@@ -124,7 +124,7 @@ export function formatEvent(e: AgentEvent, c: Colors): string {
     e.priority === 0 ? c.red : e.priority === 1 ? c.yellow : e.priority === 4 ? c.dim : (s: string) => s;
   const corr = e.metadata?.correlationId ? c.magenta(` corr=${e.metadata.correlationId}`) : '';
   const data = JSON.stringify(e.data);
-  return `${c.dim(time(e.timestamp))} ${c.bold(c.cyan(e.type))} ${pc(p.padEnd(8))} ${c.green(e.agentId)}${corr} ${c.dim(e.id)}\n    ${data === undefined ? '' : data}`;
+  return `${c.dim(time(e.timestamp))} ${c.bold(c.cyan(e.type.padEnd(20)))} ${pc(p.padEnd(8))} ${c.green(e.agentId)}${corr} ${c.dim(e.id)}\n    ${data === undefined ? '' : data}`;
 }
 
 export class Output {

@@ -107,7 +107,7 @@ describe('qe against a broker with JWT_SECRET', () => {
       );
       expect(screen).toMatch(/qe stats\s+http:\/\/127\.0\.0\.1:\d+/);
       expect(screen).toMatch(/published\/s\s+[\d.,]+\s+handled\/s\s+[\d.,]+/);
-      expect(screen).toMatch(/p50 [\d.]+\s+p90 [\d.]+\s+p99 [\d.]+/);
+      expect(screen).toMatch(/p50 [\d.-]+\s+p90 [\d.-]+\s+p99 [\d.-]+/);
       expect(screen).toContain('LAG');
       expect(screen).toContain('BREAKERS');
       expect(screen).toContain('degraded');

@@ -1,3 +1,6 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type AgentEvent, QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -109,12 +112,12 @@ describe('qe against a broker on Redis', () => {
 
   it('replay by correlation id and time range (Redis and broker)', async () => {
     const from = Date.now() - 1;
-    const pub = await qe([...r, 'publish', '--correlation-id', 'saga-42'], {
-      input: [
-        '{"type":"cli.saga.step","data":{"step":1}}',
-        '{"type":"cli.saga.step","data":{"step":2}}',
-      ].join('\n'),
-    });
+    const file = join(mkdtempSync(join(tmpdir(), 'qe-cli-')), 'saga.ndjson');
+    writeFileSync(
+      file,
+      '{"type":"cli.saga.step","data":{"step":1}}\n{"type":"cli.saga.step","data":{"step":2}}\n',
+    );
+    const pub = await qe([...r, 'publish', '--file', file, '--correlation-id', 'saga-42']);
     expect(pub.code, pub.stderr).toBe(0);
     const other = await qe([...b, 'publish', 'cli.saga.step', '{"step":99}', '--correlation-id', 'saga-7']);
     expect(other.code, other.stderr).toBe(0);

@@ -26,6 +26,7 @@ export interface Snapshot {
     p90: number;
     p99: number;
     max: number;
+    count: number;
     rssBytes: number;
   } | null;
   byFamily: Record<string, number>;
@@ -57,6 +58,7 @@ export function renderStats(s: Snapshot, url: string, c: Colors, width = 100): s
   const health = s.health?.status ?? 'unknown';
   const hc = health === 'healthy' ? c.green : health === 'degraded' ? c.yellow : c.red;
   const l = s.latest;
+  const lat = (v: number | undefined) => (l && l.count > 0 ? fmt(v, 2) : '-');
   const lines: string[] = [];
   lines.push(
     `${c.bold('qe stats')}  ${url}  ${s.service} (${s.nodeId}, ${s.transport})  up ${duration(s.now - s.startedAt)}  ${hc(health)}`,
@@ -73,7 +75,8 @@ export function renderStats(s: Snapshot, url: string, c: Colors, width = 100): s
   );
   lines.push(c.bold('LATENCY (publish → handler, ms)'));
   lines.push(
-    `  p50 ${fmt(l?.p50, 2)}   p90 ${fmt(l?.p90, 2)}   p99 ${fmt(l?.p99, 2)}   max ${fmt(l?.max, 2)}   rss ${fmt((l?.rssBytes ?? 0) / 1048576, 1)} MB`,
+    // an interval without events has no latency: '-' rather than a misleading 0
+    `  p50 ${lat(l?.p50)}   p90 ${lat(l?.p90)}   p99 ${lat(l?.p99)}   max ${lat(l?.max)}   rss ${fmt((l?.rssBytes ?? 0) / 1048576, 1)} MB`,
   );
   lines.push(c.bold('LAG'));
   lines.push(
