@@ -32,12 +32,17 @@ afterAll(async () => {
 
 describe('qe against a broker with JWT_SECRET', () => {
   it('no token or a wrong one: exit 1 with the 401 hint; a non-admin on dead letters: the 403 hint', async () => {
-    const [none, wrong, notAdmin, wrongHistory] = await Promise.all([
+    const [none, wrong, notAdmin, wrongHistory, noGateway] = await Promise.all([
       qe([...b, 'publish', 'cli.auth.ping']),
       qe([...b, '--token', forged, 'dlq', 'list']),
       qe([...b, 'dlq', 'list'], { env: { QE_TOKEN: user } }),
       qe([...b, '--token', forged, 'history']),
+      // no --gateway, and the broker's HTTP gateway is on a random port (HTTP_GATEWAY_PORT=0)
+      qe(['--broker', broker.url, '--token', user, 'history']),
     ]);
+    expect(noGateway.code).toBe(1);
+    expect(noGateway.stderr).toContain("picked its HTTP gateway's port at random");
+    expect(noGateway.stderr).toContain('hint: pass the httpGateway URL');
     expect(none.code).toBe(1);
     expect(none.stderr).toContain('401');
     expect(none.stderr).toContain(
