@@ -1,17 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const QE = fileURLToPath(new URL('../bin/qe.js', import.meta.url));
-const BROKER_MAIN = join(
-  dirname(createRequire(import.meta.url).resolve('@qe/broker/package.json')),
-  'src',
-  'main.ts',
-);
+// the broker's sources in this workspace (no package dependency: pnpm would mark its bin executable)
+const BROKER_MAIN = fileURLToPath(new URL('../../broker/src/main.ts', import.meta.url));
 
 export interface QeResult {
   code: number;

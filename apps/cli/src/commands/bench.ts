@@ -1,21 +1,35 @@
 import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Context } from '../context.js';
 import { CliError } from '../errors.js';
 
-/** Where `@qe/loadgen`'s CLI is, and the `tsx` loader to run its TypeScript. */
-function loadgen(): { cli: string; tsx: string } {
-  const require = createRequire(import.meta.url);
-  try {
-    const pkg = require.resolve('@qe/loadgen/package.json');
-    return { cli: join(dirname(pkg), 'src', 'cli.ts'), tsx: require.resolve('tsx') };
-  } catch (err) {
-    throw new CliError(
-      `the load generator (@qe/loadgen) is not installed next to qe (${(err as Error).message})`,
-      'run qe bench from the QE Event Bus workspace after pnpm install, or use pnpm --filter @qe/loadgen start',
-    );
+/** This package's directory (from src/commands/ or a dist/ chunk alike). */
+function packageDir(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === '@qe/cli')
+      return dir;
+    dir = dirname(dir);
   }
+  throw new CliError('cannot find the @qe/cli package directory');
+}
+
+/**
+ * Where `qe-loadgen`'s CLI is (`QE_LOADGEN`, else apps/loadgen beside this app
+ * in the workspace), and the `tsx` loader to run its TypeScript.
+ */
+function loadgen(): { cli: string; tsx: string } {
+  const cli = process.env.QE_LOADGEN ?? join(packageDir(), '..', 'loadgen', 'src', 'cli.ts');
+  if (!existsSync(cli))
+    throw new CliError(
+      `the load generator is not at ${cli}`,
+      'run qe bench from the QE Event Bus workspace (apps/loadgen), or set QE_LOADGEN to its src/cli.ts',
+    );
+  return { cli, tsx: createRequire(import.meta.url).resolve('tsx') };
 }
 
 /**
