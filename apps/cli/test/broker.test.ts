@@ -229,7 +229,7 @@ describe('qe against a broker on Redis', () => {
     }
   });
 
-  it('health: healthy is exit 0, with --json for scripts; stats --once shows rates', async () => {
+  it('health: healthy is exit 0, with --json for scripts; stats --once shows rates, stats --json streams', async () => {
     const [health, json, redisHealth, once, onceJson] = await Promise.all([
       qe([...b, 'health']),
       qe([...b, 'health', '--json']),
@@ -246,5 +246,17 @@ describe('qe against a broker on Redis', () => {
     expect(once.stdout).toMatch(/published\/s\s+[\d.,]+\s+handled\/s/);
     expect(once.stdout).toContain('BREAKERS');
     expect(JSON.parse(onceJson.stdout)).toMatchObject({ transport: expect.stringContaining('redis') });
+
+    // stats --json without --once: one snapshot per interval (NDJSON) until stopped
+    const stream = spawnQe([...b, 'stats', '--json', '--interval', '200']);
+    try {
+      await stream.waitStdout((_l) => stream.stdoutLines.length >= 2);
+      expect(stream.stdoutLines.slice(0, 2).map((l) => (JSON.parse(l) as { now: number }).now > 0)).toEqual([
+        true,
+        true,
+      ]);
+    } finally {
+      expect(await stream.stop()).toBe(0);
+    }
   });
 });
