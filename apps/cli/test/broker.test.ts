@@ -54,7 +54,7 @@ describe('qe against a broker on Redis', () => {
     const ndjson = [
       '{"type":"cli.order.paid","data":{"n":1}}',
       '',
-      '{"type":"cli.order.paid","data":{"n":2},"agentId":"shop"}',
+      '{"type":"cli.order.paid","data":{"n":2},"agentId":"shop","priority":"low"}',
     ];
     const many = await qe([...r, 'publish', '--agent-id', 'batcher'], { input: `${ndjson.join('\n')}\n` });
     expect(many.code, many.stderr).toBe(0);
@@ -69,6 +69,7 @@ describe('qe against a broker on Redis', () => {
     expect(events.map((e) => e.type)).toEqual(['cli.order.created', 'cli.order.paid', 'cli.order.paid']);
     expect(events[0]).toMatchObject({ id: ids[0], priority: 1, agentId: 'qe-cli', data: { orderId: 'o-1' } });
     expect(events.map((e) => e.agentId).slice(1)).toEqual(['batcher', 'shop']);
+    expect(events.map((e) => e.priority).slice(1)).toEqual([2, 3]);
 
     const [viaRedis, pretty] = await Promise.all([
       qe([...r, 'history', 'cli.order.paid', '--since', '10m', '--json', '--filter', 'agentId=shop']),

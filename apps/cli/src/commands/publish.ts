@@ -84,6 +84,8 @@ export async function publish(
     return {
       ...e,
       agentId: e.agentId ?? o.agentId,
+      // a file may say "priority": "high" as well as 1
+      ...(typeof e.priority === 'string' ? { priority: parsePriority(e.priority, 'priority') } : {}),
       ...(e.priority === undefined && priority !== undefined ? { priority } : {}),
       ...(e.swarmId === undefined && o.swarmId !== undefined ? { swarmId: o.swarmId } : {}),
       ...(o.correlationId !== undefined && metadata.correlationId === undefined
