@@ -1,4 +1,7 @@
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,9 +93,11 @@ describe('qe against a broker with JWT_SECRET', () => {
   });
 
   it('stats: the live view in a terminal (tmux) shows rates, latency, lag and breakers, and q quits', async () => {
-    const socket = `qe-cli-test-${process.pid}`;
+    // a tmux server of our own, on a socket in a temporary directory removed afterwards
+    const dir = mkdtempSync(join(tmpdir(), 'qe-cli-tmux-'));
     const session = 'stats';
-    const tmux = (...args: string[]) => run('tmux', ['-L', socket, ...args], { timeout: 15_000 });
+    const tmux = (...args: string[]) =>
+      run('tmux', ['-S', join(dir, 'socket'), ...args], { timeout: 15_000 });
     const qeBin = fileURLToPath(new URL('../bin/qe.js', import.meta.url));
     const cmd = `${process.execPath} ${qeBin} --broker ${broker.url} stats --interval 250`;
     await tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '40', cmd);
@@ -128,6 +133,7 @@ describe('qe against a broker with JWT_SECRET', () => {
       }, 'qe stats to quit on q');
     } finally {
       await tmux('kill-server').catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

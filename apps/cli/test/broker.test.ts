@@ -1,6 +1,6 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { type AgentEvent, QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -125,6 +125,7 @@ describe('qe against a broker on Redis', () => {
       '{"type":"cli.saga.step","data":{"step":1}}\n{"type":"cli.saga.step","data":{"step":2}}\n',
     );
     const pub = await qe([...r, 'publish', '--file', file, '--correlation-id', 'saga-42']);
+    rmSync(dirname(file), { recursive: true, force: true });
     expect(pub.code, pub.stderr).toBe(0);
     const other = await qe([...b, 'publish', 'cli.saga.step', '{"step":99}', '--correlation-id', 'saga-7']);
     expect(other.code, other.stderr).toBe(0);

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { qe } from './helpers.js';
@@ -83,5 +84,6 @@ describe('qe without a broker: help, usage errors, hints', () => {
     expect(r.stdout).toContain('latency against memory');
     expect(r.stdout).toMatch(/PASS\s+no lost events/);
     expect(r.stdout).toContain(`results: ${out}`);
+    rmSync(out, { recursive: true, force: true });
   });
 });
