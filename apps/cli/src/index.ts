@@ -1,0 +1,3 @@
+export { renderStats, type Snapshot } from './commands/stats.js';
+export { CliError, EXIT, UsageError } from './errors.js';
+export { buildProgram, runCli } from './program.js';
