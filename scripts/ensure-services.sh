@@ -18,6 +18,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool checks the metrics exposition
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)         # the qe CLI's live view is tested in a pseudo-terminal
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "[qe] installing ${missing[*]} from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
