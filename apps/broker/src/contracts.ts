@@ -146,7 +146,9 @@ export class BrokerContracts {
     return this.messenger;
   }
 
-  view(): ContractsView {
+  /** Null when neither contracts nor projects are configured. */
+  view(): ContractsView | null {
+    if (!this.middleware && !this.messenger) return null;
     const v = this.middleware?.stats();
     return {
       validation: v

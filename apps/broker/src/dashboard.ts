@@ -78,6 +78,8 @@ export function renderDashboardHtml(serviceName: string): string {
   <section class="card w4"><h2>Connections</h2><div id="connections"></div><h2 style="margin-top:14px">Circuit breakers</h2><div id="circuits"></div></section>
   <section class="card w6"><h2>Consumer lag</h2><div id="lag"></div></section>
   <section class="card w6"><h2>Dead letters</h2><div id="dead"></div></section>
+  <section class="card w6"><h2>Agents</h2><div class="bars" id="b-agents"></div><div id="pools"></div></section>
+  <section class="card w6"><h2>Tasks</h2><div class="bars" id="b-tasks"></div></section>
   <section class="card w12" id="contracts-card" style="display:none"><h2>Contracts and cross-project messages</h2><div id="contracts"></div><div class="bars" id="b-xp"></div></section>
   <section class="card w12"><h2>Sagas</h2><div class="bars" id="b-sagas"></div><div id="sagas"></div></section>
   <footer>Polling <code>/api/dashboard</code> every second · <a href="/metrics">/metrics</a> · <a href="/health">/health</a> · <a href="/dead-letters">/dead-letters</a></footer>
@@ -189,6 +191,7 @@ export function renderDashboardHtml(serviceName: string): string {
     }), 'no dead letters — every event was handled');
     sagas(d);
     contractsPanel(d);
+    agentsPanel(d);
   }
 
   function sagas(d) {
@@ -201,6 +204,18 @@ export function renderDashboardHtml(serviceName: string): string {
     table($('sagas'), [{ t: 'saga' }, { t: 'transaction' }, { t: 'status' }, { t: 'step' }, { t: 'progress', n: 1 }, { t: 'updated' }], d.sagas.running.map(function (r) {
       return [esc(r.saga), '<code>' + esc(r.transactionId) + '</code>', esc(r.status), r.step ? esc(r.step) : '–', Math.round(r.progress * 100) + '%', ago(r.updatedAt)];
     }), 'no saga running now');
+  }
+
+  function agentsPanel(d) {
+    var a = d.agents;
+    var colors = { active: '#16a34a', idle: '#2563eb', busy: '#d97706', paused: '#7c3aed', failed: '#dc2626' };
+    bars($('b-agents'), Object.keys(a.byStatus).map(function (k) { return [k, a.byStatus[k]]; }), function (k) { return colors[k] || '#667085'; });
+    if (Object.keys(a.byStatus).length === 0) $('b-agents').innerHTML = '<div class="empty">no agent seen yet</div>';
+    table($('pools'), [{ t: 'pool' }, { t: 'agents', n: 1 }, { t: 'running', n: 1 }, { t: 'utilization', n: 1 }], a.pools.map(function (p) {
+      return [esc(p.pool), num(p.agents), num(p.active) + ' / ' + num(p.capacity), Math.round(p.utilization * 100) + '%'];
+    }), '');
+    var order = ['create', 'assigned', 'complete', 'fail', 'cancel'];
+    bars($('b-tasks'), order.filter(function (k) { return a.tasks[k]; }).map(function (k) { return [k, a.tasks[k]]; }), function (k) { return k === 'fail' ? '#dc2626' : k === 'complete' ? '#16a34a' : '#2563eb'; });
   }
 
   function contractsPanel(d) {

@@ -102,6 +102,15 @@ export interface DashboardSnapshot {
     counts: Record<string, number>;
     running: SagaRow[];
   };
+  /**
+   * Agent swarms (`@qe/swarm`) seen through this broker's bus, from their
+   * lifecycle and task events: agents by status, pools with utilization, tasks.
+   */
+  agents: {
+    byStatus: Record<string, number>;
+    pools: { pool: string; agents: number; active: number; capacity: number; utilization: number }[];
+    tasks: Record<string, number>;
+  };
   /** Contract validation and cross-project refusals; null when neither is configured. */
   contracts: ContractsView | null;
   deadLetters: {
@@ -120,6 +129,19 @@ export interface SagaRow {
   updatedAt: number;
 }
 
+/** One agent (`@qe/swarm`) as the dashboard shows it, from its latest lifecycle event. */
+export interface AgentRow {
+  id: string;
+  pool: string;
+  status: string;
+  active: number;
+  capacity: number;
+  lastSeen: number;
+}
+
+/** Agents the monitor keeps at most. */
+const MAX_AGENTS = 10_000;
+
 /** Sagas whose latest status the monitor keeps at most (finished ones are forgotten first). */
 const MAX_SAGAS = 1000;
 
@@ -133,7 +155,7 @@ export interface MonitorOptions {
   /** How health is judged (default: the bus's `healthCheck()`). */
   health?: () => Promise<{ status: string; reasons: readonly string[] }>;
   /** Contract checks and cross-project messages by outcome (`@qe/contracts`), when configured. */
-  contracts?: () => ContractsView;
+  contracts?: () => ContractsView | null;
   /** Samples kept for the charts. Default 300. */
   historySize?: number;
   logger: Logger;
@@ -169,6 +191,8 @@ export class BrokerMonitor {
   private health: DashboardSnapshot['health'] = null;
   private readonly startedAt = Date.now();
   private readonly sagas = new Map<string, SagaRow>();
+  private readonly agents = new Map<string, AgentRow>();
+  private readonly taskCounts: Record<string, number> = {};
   private readonly sagaCounts: Record<string, number> = {};
 
   constructor(
@@ -236,6 +260,45 @@ export class BrokerMonitor {
     else this.byFamily.set('(other)', (this.byFamily.get('(other)') ?? 0) + 1);
     this.byPriority[event.priority] = (this.byPriority[event.priority] ?? 0) + 1;
     if (family === 'saga' && event.type.startsWith('saga.status.')) this.recordSaga(event);
+    else if (family === 'agent') this.recordAgent(event);
+    else if (family === 'task') this.recordTask(event);
+  }
+
+  /** `@qe/swarm`'s agent lifecycle events: spawn, heartbeat (the whole descriptor), status update, terminate, failed. */
+  private recordAgent(event: AgentEvent): void {
+    const d = event.data as Record<string, unknown> | null;
+    if (d === null || typeof d !== 'object' || typeof d.id !== 'string') return;
+    const id = d.id;
+    if (event.type === 'agent.terminate' || event.type === 'agent.terminated') {
+      this.agents.delete(id);
+      return;
+    }
+    const prev = this.agents.get(id);
+    const status =
+      event.type === 'agent.failed'
+        ? 'failed'
+        : typeof d.status === 'string'
+          ? d.status
+          : (prev?.status ?? 'active');
+    if (!['agent.spawn', 'agent.heartbeat', 'agent.status.update', 'agent.failed'].includes(event.type))
+      return;
+    if (!prev && this.agents.size >= MAX_AGENTS) return;
+    this.agents.set(id, {
+      id,
+      pool:
+        typeof d.pool === 'string' ? d.pool : typeof d.type === 'string' ? d.type : (prev?.pool ?? 'default'),
+      status,
+      active: typeof d.active === 'number' ? d.active : (prev?.active ?? 0),
+      capacity: typeof d.capacity === 'number' ? d.capacity : (prev?.capacity ?? 1),
+      lastSeen: event.timestamp,
+    });
+  }
+
+  /** Task events of `@qe/swarm` (spec 003's `task.assigned`, spec 000's `task.complete`/`fail`/`cancel`). */
+  private recordTask(event: AgentEvent): void {
+    const kind = event.type.slice('task.'.length);
+    if (!['assigned', 'complete', 'fail', 'cancel', 'create'].includes(kind)) return;
+    this.taskCounts[kind] = (this.taskCounts[kind] ?? 0) + 1;
   }
 
   /** A saga status event (`@qe/saga`'s StatusEvent: transactionId, sagaName, status, currentStep, progress). */
@@ -361,6 +424,29 @@ export class BrokerMonitor {
     );
   }
 
+  private agentsView(): DashboardSnapshot['agents'] {
+    const byStatus: Record<string, number> = {};
+    const pools = new Map<
+      string,
+      { pool: string; agents: number; active: number; capacity: number; utilization: number }
+    >();
+    for (const a of this.agents.values()) {
+      byStatus[a.status] = (byStatus[a.status] ?? 0) + 1;
+      if (a.status === 'failed') continue;
+      let p = pools.get(a.pool);
+      if (!p) pools.set(a.pool, (p = { pool: a.pool, agents: 0, active: 0, capacity: 0, utilization: 0 }));
+      p.agents++;
+      p.active += a.active;
+      p.capacity += a.capacity;
+    }
+    for (const p of pools.values()) p.utilization = p.capacity > 0 ? p.active / p.capacity : 0;
+    return {
+      byStatus,
+      pools: [...pools.values()].sort((x, y) => y.agents - x.agents).slice(0, 50),
+      tasks: { ...this.taskCounts },
+    };
+  }
+
   /** Everything the dashboard page shows, JSON-safe. */
   snapshot(): DashboardSnapshot {
     const d = this.bus.getDetailedMetrics();
@@ -409,6 +495,7 @@ export class BrokerMonitor {
       connections: this.connections(),
       circuits: this.circuits(),
       contracts: this.options.contracts?.() ?? null,
+      agents: this.agentsView(),
       sagas: {
         counts: { ...this.sagaCounts },
         running: [...this.sagas.values()]

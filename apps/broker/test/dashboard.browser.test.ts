@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { registerWorker, SagaOrchestrator } from '@qe/saga';
+import { SwarmNode } from '@qe/swarm';
 import { chromium } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { createBroker } from '../src/broker.js';
@@ -156,11 +157,38 @@ describe('dashboard in headless Chromium', () => {
       );
       await orchestrator.stop();
 
+      // an agent swarm (@qe/swarm) on the broker's bus: agents register, tasks run
+      const node = new SwarmNode({ bus: broker.bus, heartbeatIntervalMs: 200 });
+      await node.start();
+      for (let i = 0; i < 3; i++)
+        await node.registerAgent({
+          id: `coder-${i}`,
+          type: 'coder',
+          capabilities: ['typescript'],
+          capacity: 2,
+          handler: async ({ input }) => `reviewed ${String(input)}`,
+        });
+      const results = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => node.submit({ input: `file-${i}`, requires: ['typescript'] })),
+      );
+      expect(results.map((r) => r.result)).toContain('reviewed file-0');
+      await page.waitForFunction(() =>
+        Array.from(document.querySelectorAll('#pools td'), (td) => td.textContent).includes('coder'),
+      );
+      await page.waitForFunction(() => {
+        const rows = Array.from(document.querySelectorAll('#b-tasks .row'), (r) =>
+          r.getAttribute('data-name'),
+        );
+        return rows.includes('assigned') && rows.includes('complete');
+      });
+      expect(await page.textContent('#pools')).toContain('coder');
+
       await new Promise((r) => setTimeout(r, 2500)); // a few more samples on the charts
       mkdirSync(ARTIFACTS, { recursive: true });
       const shot = join(ARTIFACTS, 'dashboard.png');
       await page.screenshot({ path: shot, fullPage: true });
       expect(errors).toEqual([]);
+      await node.stop();
       flowing = false;
       await pump;
     } finally {
