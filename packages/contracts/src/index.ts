@@ -12,6 +12,12 @@ export {
 } from './audit.js';
 export { COMPATIBILITY_MODES, type CompatibilityMode, compatibilityProblems } from './compat.js';
 export {
+  type ContractDiscoveryStats,
+  type DeclaringInstance,
+  discoverContracts,
+  type ServiceDirectory,
+} from './discovery.js';
+export {
   ContractDefinitionError,
   ContractViolationError,
   CrossProjectForbiddenError,
