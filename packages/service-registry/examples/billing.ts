@@ -55,12 +55,14 @@ export async function main(): Promise<{ found: string[]; contracts: string[]; an
     const contracts = client.contracts('billing').map((c) => `${c.direction} ${c.eventType}`);
     console.log('found:', found, 'contracts:', contracts);
     let answered = 0;
+    let sub: { ready: Promise<void> } | undefined;
     const done = new Promise<void>((resolve) => {
-      client.bus.subscribe('billing.invoice.created', (e) => {
+      sub = client.bus.subscribe('billing.invoice.created', (e) => {
         console.log('invoice:', e.data);
         if (++answered === 3) resolve();
       });
     });
+    await sub!.ready; // live before the requests go out, so no invoice is published before it listens
     for (let i = 1; i <= 3; i++)
       await client.send('billing', 'charge', { orderId: `o-${i}`, amount: 100 * i });
     await done;
@@ -88,6 +90,8 @@ if (process.argv[2] === 'service') {
     contracts: [
       { eventType: 'billing.invoice.created', schema: { type: 'object', required: ['invoiceId'] } },
     ],
+    // not serving until it serves: find() (healthy or degraded) skips it until setHealth below
+    health: 'unhealthy',
   });
   await billing.serve('charge', async (event) => {
     const { orderId, amount } = event.data as { orderId: string; amount: number };
@@ -97,6 +101,7 @@ if (process.argv[2] === 'service') {
       data: { invoiceId: `inv-${orderId}`, amount },
     });
   });
+  await billing.setHealth('healthy'); // its group exists now: requests sent from here on reach it
   process.once('SIGTERM', () => void close().then(() => process.exit(0)));
 } else if (process.argv[1] === fileURLToPath(import.meta.url)) {
   await main();
