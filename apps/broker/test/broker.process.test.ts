@@ -1,6 +1,6 @@
 import { until, waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
+import { PROCESS_TEST_TIMEOUT_MS, runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
 
 const running: SpawnedBroker[] = [];
 afterEach(async () => {
@@ -18,7 +18,7 @@ async function start(env: Record<string, string> = {}, args: string[] = []): Pro
   return b;
 }
 
-describe('broker process (memory transport, no configuration)', () => {
+describe('broker process (memory transport, no configuration)', { timeout: PROCESS_TEST_TIMEOUT_MS }, () => {
   it('serves the dashboard, health, metrics and dead letters over real HTTP, then exits 0 on SIGTERM', async () => {
     const b = await start({ SERVICE_NAME: 'broker-under-test', METRICS_COLLECTION_INTERVAL: '200' });
 
@@ -204,7 +204,9 @@ describe('broker process (memory transport, no configuration)', () => {
   });
 });
 
-describe('broker process: invalid configuration exits 2 naming the setting and the accepted values', () => {
+describe('broker process: invalid configuration exits 2 naming the setting and the accepted values', {
+  timeout: PROCESS_TEST_TIMEOUT_MS,
+}, () => {
   const cases: [string, Record<string, string>, string[], RegExp][] = [
     ['PORT out of range', { PORT: '99999' }, [], /PORT="99999": must be an integer from 0 to 65535/],
     [

@@ -2,7 +2,7 @@ import { QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
 import { deletePrefix, uniquePrefix, until } from '@qe/test-utils';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type SpawnedBroker, startBroker } from './spawn-broker.js';
+import { PROCESS_TEST_TIMEOUT_MS, type SpawnedBroker, startBroker } from './spawn-broker.js';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = uniquePrefix('broker');
@@ -13,7 +13,7 @@ afterAll(async () => {
   await deletePrefix(prefix, REDIS_URL);
 });
 
-describe('broker process on Redis (spec 003 variables)', () => {
+describe('broker process on Redis (spec 003 variables)', { timeout: PROCESS_TEST_TIMEOUT_MS }, () => {
   it('sees events another process publishes, serves Redis dead letters, redrives them, exits 0 on SIGTERM', async () => {
     const u = new URL(REDIS_URL);
     const b = await startBroker({
