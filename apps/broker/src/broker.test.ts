@@ -1,14 +1,16 @@
+import type { QEEventBus } from '@qe/core';
+import { sleep, until, waitFor } from '@qe/test-utils';
 import { describe, expect, it } from 'vitest';
 import { createBroker } from './broker.js';
 import { loadBrokerConfig } from './config.js';
 
-/** Polls `check` until it holds (a condition to await, never a fixed sleep). */
-async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+/**
+ * True once nothing is queued, running or waiting in a retry timer. On the memory transport a publish hands
+ * its deliveries over before it resolves, so a settled bus has no delivery of earlier publishes on its way.
+ */
+function settled(bus: QEEventBus): boolean {
+  const m = bus.getDetailedMetrics();
+  return m.inFlight === 0 && m.queueSize === 0 && m.retryTimers === 0;
 }
 
 function config(extra: Record<string, string> = {}) {
@@ -31,7 +33,7 @@ describe('createBroker', () => {
     const sub = broker.bus.subscribe(
       'work.*',
       async () => {
-        await new Promise((r) => setTimeout(r, 300));
+        await sleep(300); // simulated work that stop() must wait for
         finished++;
       },
       { maxConcurrency: 10 },
@@ -48,15 +50,15 @@ describe('createBroker', () => {
   it("reports 'timeout' when a handler outlives SHUTDOWN_TIMEOUT", async () => {
     const broker = createBroker(config({ SHUTDOWN_TIMEOUT: '200' }));
     await broker.start();
-    let release!: () => void;
+    let release: (() => void) | undefined;
     const sub = broker.bus.subscribe('slow.*', () => new Promise<void>((r) => (release = r)));
     await sub.ready;
     await broker.bus.publish({ type: 'slow.job', agentId: 'a', data: null });
-    await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => release !== undefined, 'the handler to start');
     const t0 = Date.now();
     expect(await broker.stop()).toBe('timeout');
     expect(Date.now() - t0).toBeLessThan(3000);
-    release();
+    release!();
   });
 
   it('counts events by family and priority and samples latency for the dashboard', async () => {
@@ -68,8 +70,12 @@ describe('createBroker', () => {
         { type: 'task.update', agentId: 'a', data: 2, priority: 2 },
         { type: 'agent.spawn', agentId: 'a', data: 3, priority: 4 },
       ]);
-      await new Promise((r) => setTimeout(r, 250));
-      const snap = broker.monitor.snapshot();
+      // the latency history gets a sample every METRICS_COLLECTION_INTERVAL (100 ms)
+      const snap = await until(
+        () => broker.monitor.snapshot(),
+        (s) => s.totals.handled === 3 && s.history.some((h) => h.count > 0),
+        'three handled events and a latency sample',
+      );
       expect(snap.byFamily).toEqual({ task: 2, agent: 1 });
       expect(snap.byPriority).toEqual({ critical: 1, high: 0, normal: 1, low: 0, bulk: 1 });
       expect(snap.totals.handled).toBe(3);
@@ -138,7 +144,8 @@ describe('createBroker', () => {
     await broker.start();
     try {
       await broker.bus.publish({ type: 'task.create', agentId: 'a', data: 1 });
-      await new Promise((r) => setTimeout(r, 150));
+      // settled: a monitoring subscription, had there been one, would have handled the event by now
+      await waitFor(() => settled(broker.bus), 'the bus to settle');
       const snap = broker.monitor.snapshot();
       expect(snap.monitoring).toBe(false);
       expect(snap.totals.handled).toBe(0);
@@ -171,8 +178,11 @@ describe('createBroker', () => {
       await sub.ready;
       for (let i = 0; i < 10; i++)
         await broker.bus.publish({ type: 'payment.charge', agentId: 'a', data: { i } });
-      await new Promise((r) => setTimeout(r, 100));
-      const circuits = broker.monitor.snapshot().circuits;
+      const { circuits } = await until(
+        () => broker.monitor.snapshot(),
+        (s) => s.circuits.find((c) => c.name.startsWith('payment.*'))?.state === 'open',
+        'the circuit around payment.* to open',
+      );
       const mine = circuits.find((c) => c.name.startsWith('payment.*'));
       expect(mine?.state).toBe('open');
       expect(mine?.source).toBe('circuit-breaker');
@@ -193,15 +203,19 @@ describe('createBroker', () => {
       const sub = broker.bus.subscribe('slow.*', () => gate);
       await sub.ready;
       for (let i = 0; i < 20; i++) await broker.bus.publish({ type: 'slow.job', agentId: 'a', data: i });
-      let h: { status: string; reasons: string[]; alerts: { name: string }[] } | undefined;
-      for (let i = 0; i < 50; i++) {
-        h = (await (await fetch(`${broker.url}/health`)).json()) as typeof h;
-        if (h?.status === 'degraded') break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      expect(h?.status).toBe('degraded');
-      expect(h?.alerts.map((a) => a.name)).toContain('maxQueueDepth');
-      expect(h?.reasons.join(' ')).toMatch(/maxQueueDepth crossed: \d+ > 5/);
+      const h = await until(
+        async () =>
+          (await (await fetch(`${broker.url}/health`)).json()) as {
+            status: string;
+            reasons: string[];
+            alerts: { name: string }[];
+          },
+        (x) => x.status === 'degraded',
+        'degraded health',
+      );
+      expect(h.status).toBe('degraded');
+      expect(h.alerts.map((a) => a.name)).toContain('maxQueueDepth');
+      expect(h.reasons.join(' ')).toMatch(/maxQueueDepth crossed: \d+ > 5/);
     } finally {
       release();
       await broker.stop();

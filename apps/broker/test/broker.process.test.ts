@@ -1,5 +1,6 @@
+import { until, waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
+import { PROCESS_TEST_TIMEOUT_MS, runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
 
 const running: SpawnedBroker[] = [];
 afterEach(async () => {
@@ -17,7 +18,7 @@ async function start(env: Record<string, string> = {}, args: string[] = []): Pro
   return b;
 }
 
-describe('broker process (memory transport, no configuration)', () => {
+describe('broker process (memory transport, no configuration)', { timeout: PROCESS_TEST_TIMEOUT_MS }, () => {
   it('serves the dashboard, health, metrics and dead letters over real HTTP, then exits 0 on SIGTERM', async () => {
     const b = await start({ SERVICE_NAME: 'broker-under-test', METRICS_COLLECTION_INTERVAL: '200' });
 
@@ -42,13 +43,18 @@ describe('broker process (memory transport, no configuration)', () => {
     expect(text).toMatch(/^qe_eventbus_connections 1$/m);
     expect(text).toMatch(/^process_resident_memory_bytes \d+/m); // prom-client's process metrics
 
-    await new Promise((r) => setTimeout(r, 500));
-    const dash = (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
-      service: string;
-      transport: string;
-      history: unknown[];
-      byPriority: Record<string, number>;
-    };
+    // the dashboard history gets a sample every METRICS_COLLECTION_INTERVAL (200 ms)
+    const dash = await until(
+      async () =>
+        (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
+          service: string;
+          transport: string;
+          history: unknown[];
+          byPriority: Record<string, number>;
+        },
+      (d) => d.history.length > 0,
+      'a sample in the dashboard history',
+    );
     expect(dash.service).toBe('broker-under-test');
     expect(dash.transport).toBe('memory');
     expect(dash.history.length).toBeGreaterThan(0);
@@ -97,12 +103,8 @@ describe('broker process (memory transport, no configuration)', () => {
       ws.onopen = resolve;
       ws.onerror = reject;
     });
-    const waitFor = async (pred: () => boolean) => {
-      for (let i = 0; i < 100 && !pred(); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(pred()).toBe(true);
-    };
     ws.send(JSON.stringify({ op: 'subscribe', id: 1, patterns: ['task.*'] }));
-    await waitFor(() => inbox.some((m) => m.op === 'ack' && m.id === 1));
+    await waitFor(() => inbox.some((m) => m.op === 'ack' && m.id === 1), 'the subscribe ack');
     ws.send(
       JSON.stringify({
         op: 'publish',
@@ -114,9 +116,9 @@ describe('broker process (memory transport, no configuration)', () => {
         })),
       }),
     );
-    await waitFor(() => inbox.filter((m) => m.op === 'event').length === 25);
+    await waitFor(() => inbox.filter((m) => m.op === 'event').length === 25, '25 events');
     ws.send('{not json');
-    await waitFor(() => inbox.some((m) => m.op === 'error'));
+    await waitFor(() => inbox.some((m) => m.op === 'error'), 'the error reply');
     const dash = (await (await fetch(`${b.url}/api/dashboard`)).json()) as {
       connections: Record<string, number>;
       byFamily: Record<string, number>;
@@ -152,13 +154,13 @@ describe('broker process (memory transport, no configuration)', () => {
       body: JSON.stringify({ type: 'Not A Type!', agentId: 'x', data: null }),
     });
     expect(bad.status).toBe(400);
-    let families: Record<string, number> = {};
-    for (let i = 0; i < 50 && families.consensus !== 12; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      families = (
-        (await (await fetch(`${b.url}/api/dashboard`)).json()) as { byFamily: Record<string, number> }
-      ).byFamily;
-    }
+    const families = await until(
+      async () =>
+        ((await (await fetch(`${b.url}/api/dashboard`)).json()) as { byFamily: Record<string, number> })
+          .byFamily,
+      (f) => f.consensus === 12,
+      'twelve consensus events on the dashboard',
+    );
     expect(families.consensus).toBe(12);
     const gwMetrics = await (await fetch(`${gw}/metrics`)).text();
     expect(gwMetrics).toMatch(
@@ -202,7 +204,9 @@ describe('broker process (memory transport, no configuration)', () => {
   });
 });
 
-describe('broker process: invalid configuration exits 2 naming the setting and the accepted values', () => {
+describe('broker process: invalid configuration exits 2 naming the setting and the accepted values', {
+  timeout: PROCESS_TEST_TIMEOUT_MS,
+}, () => {
   const cases: [string, Record<string, string>, string[], RegExp][] = [
     ['PORT out of range', { PORT: '99999' }, [], /PORT="99999": must be an integer from 0 to 65535/],
     [

@@ -1,41 +1,19 @@
 import { QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
-import { Redis } from 'ioredis';
+import { deletePrefix, uniquePrefix, until } from '@qe/test-utils';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type SpawnedBroker, startBroker } from './spawn-broker.js';
+import { PROCESS_TEST_TIMEOUT_MS, type SpawnedBroker, startBroker } from './spawn-broker.js';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const prefix = `qe-test:broker:${Math.random().toString(36).slice(2, 10)}`;
+const prefix = uniquePrefix('broker');
 const brokers: SpawnedBroker[] = [];
 
 afterAll(async () => {
   for (const b of brokers) if (b.child.exitCode === null) b.child.kill('SIGKILL');
-  const redis = new Redis(REDIS_URL);
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
+  await deletePrefix(prefix, REDIS_URL);
 });
 
-async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: T = await fn();
-  while (!ok(last)) {
-    if (Date.now() > end)
-      throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 100));
-    last = await fn();
-  }
-  return last;
-}
-
-describe('broker process on Redis (spec 003 variables)', () => {
+describe('broker process on Redis (spec 003 variables)', { timeout: PROCESS_TEST_TIMEOUT_MS }, () => {
   it('sees events another process publishes, serves Redis dead letters, redrives them, exits 0 on SIGTERM', async () => {
     const u = new URL(REDIS_URL);
     const b = await startBroker({
@@ -89,6 +67,7 @@ describe('broker process on Redis (spec 003 variables)', () => {
             byPriority: Record<string, number>;
           },
         (d) => d.totals.handled >= 51,
+        'the broker to handle the 51 events',
       );
       expect(dash.transport).toBe('redis-streams');
       expect(dash.byFamily).toMatchObject({ task: 30, agent: 20, job: 1 });
@@ -101,6 +80,7 @@ describe('broker process on Redis (spec 003 variables)', () => {
             deadLetters: { id: string; event: { type: string } }[];
           },
         (l) => l.count === 1,
+        'the dead letter',
       );
       expect(list.deadLetters[0]!.event.type).toBe('job.fail');
       const redrive = await fetch(`${b.url}/dead-letters/redrive`, {
@@ -112,6 +92,7 @@ describe('broker process on Redis (spec 003 variables)', () => {
       await until(
         async () => failures,
         (n) => n === 2,
+        'the redriven call',
       );
       const metrics = await (await fetch(`${b.url}/metrics`)).text();
       expect(metrics).toMatch(/^qe_eventbus_events_consumed_total\{family="task",priority="high"\} 30$/m);
@@ -168,6 +149,7 @@ describe('broker process on a Redis Cluster (REDIS_CLUSTER_NODES)', () => {
               byFamily: Record<string, number>;
             },
           (d) => d.totals.handled >= 60,
+          'the broker to handle the 60 events',
           15_000,
         );
         expect(dash.byFamily).toEqual({ swarm: 60 });

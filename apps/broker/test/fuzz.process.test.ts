@@ -7,19 +7,17 @@
  * Every HTTP answer to bad input is an error status below 500: bad input is
  * the client's fault, typed and counted, never an internal error.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { connect as http2Connect } from 'node:http2';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import tls from 'node:tls';
+import { type TestCertificate, testCertificate } from '@qe/test-utils';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { type SpawnedBroker, startBroker } from './spawn-broker.js';
 
-let dir: string;
+let cert: TestCertificate;
 let b: SpawnedBroker;
 let mainPort: number;
 let tlsPort: number;
@@ -31,29 +29,10 @@ const saw = (status: number) => statuses.set(status, (statuses.get(status) ?? 0)
 let sent = 0;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'qe-broker-fuzz-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
+  cert = testCertificate();
   b = await startBroker({
-    HTTP_GATEWAY_TLS_KEY: join(dir, 'key.pem'),
-    HTTP_GATEWAY_TLS_CERT: join(dir, 'cert.pem'),
+    HTTP_GATEWAY_TLS_KEY: cert.keyFile,
+    HTTP_GATEWAY_TLS_CERT: cert.certFile,
     HTTP_GATEWAY_H2C_PORT: '0',
   });
   const listening = b.logs.find((l) => l.msg === 'broker listening')!;
@@ -67,7 +46,7 @@ afterAll(async () => {
     b.child.kill('SIGTERM');
     await b.exited;
   }
-  rmSync(dir, { recursive: true, force: true });
+  cert.cleanup();
 });
 
 /** Writes bytes on a fresh connection and resolves with what came back once the server answered or closed. */

@@ -2,6 +2,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { waitFor } from '@qe/test-utils';
 
 /** A throwaway three-master Redis Cluster on the given ports (this package's range is 7300-7349). */
 export interface TestCluster {
@@ -13,13 +14,8 @@ function cli(port: number, ...args: string[]): string {
   return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8', timeout: 10_000 });
 }
 
-async function until(ok: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** The cluster's servers and its `cluster_state:ok` can take a while on a busy machine. */
+const until = (ok: () => boolean, what: string) => waitFor(ok, what, 15_000);
 
 /** Starts the servers (data in a temp dir), joins them into a cluster, waits for `cluster_state:ok`. */
 export async function startCluster(ports: readonly number[]): Promise<TestCluster> {

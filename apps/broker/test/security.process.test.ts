@@ -6,7 +6,7 @@
 import { createHmac } from 'node:crypto';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
+import { PROCESS_TEST_TIMEOUT_MS, runBroker, type SpawnedBroker, startBroker } from './spawn-broker.js';
 
 const SECRET = 'broker-security-secret-0123456789abcdefgh';
 const running: SpawnedBroker[] = [];
@@ -37,7 +37,7 @@ async function takenPort(): Promise<{ port: number; close(): Promise<void> }> {
   return { port: (s.address() as net.AddressInfo).port, close: () => new Promise((r) => s.close(() => r())) };
 }
 
-describe('broker: safe to expose', () => {
+describe('broker: safe to expose', { timeout: PROCESS_TEST_TIMEOUT_MS }, () => {
   it('listens on 127.0.0.1 by default; a non-loopback HOST without auth is refused unless explicitly allowed, then warned', async () => {
     const def = await startBroker({ HOST: '' }); // HOST unset: the default applies
     running.push(def);

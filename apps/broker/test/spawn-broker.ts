@@ -3,6 +3,14 @@ import { fileURLToPath } from 'node:url';
 
 const MAIN = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 
+/**
+ * How long one broker process may take to start (or to run to its exit): it loads the workspace from
+ * TypeScript through tsx, about 3 s on an idle machine and up to ~20 s on a loaded two-core one.
+ */
+export const BROKER_START_TIMEOUT_MS = 60_000;
+/** The budget of a test that starts broker processes (several, one after another, in some tests). */
+export const PROCESS_TEST_TIMEOUT_MS = 120_000;
+
 /** A broker child process started from `src/main.ts`, as a supervisor would run it. */
 export interface SpawnedBroker {
   child: ChildProcess;
@@ -18,7 +26,7 @@ export interface SpawnedBroker {
 export function runBroker(
   env: Record<string, string>,
   args: string[] = [],
-  timeoutMs = 15_000,
+  timeoutMs = BROKER_START_TIMEOUT_MS,
 ): Promise<{ code: number; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--conditions=@qe/source', '--import', 'tsx', MAIN, ...args], {
@@ -58,8 +66,8 @@ export function startBroker(env: Record<string, string> = {}, args: string[] = [
       if (settled) return;
       settled = true;
       child.kill('SIGKILL');
-      reject(new Error(`broker did not start within 20 s; stderr:\n${text}`));
-    }, 20_000);
+      reject(new Error(`broker did not start within ${BROKER_START_TIMEOUT_MS} ms; stderr:\n${text}`));
+    }, BROKER_START_TIMEOUT_MS);
     child.stderr!.on('data', (c: Buffer) => {
       text += c.toString();
       buf += c.toString();

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { QEEventBus } from '@qe/core';
 import { createHttpGateway } from '@qe/gateway-http';
 import { createWebSocketGateway } from '@qe/gateway-ws';
-import { waitFor } from '@qe/transport-conformance';
+import { waitFor } from '@qe/test-utils';
 import { build } from 'esbuild';
 import { SignJWT } from 'jose';
 import { chromium } from 'playwright-core';

@@ -1,3 +1,4 @@
+import { deferred, sleep, waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type AgentEvent,
@@ -17,7 +18,7 @@ import {
   RetryLaterError,
   ValidationError,
 } from '../src/index.js';
-import { deferred, sleep, waitFor } from './helpers.js';
+import { settled } from './helpers.js';
 
 const buses: QEEventBus[] = [];
 async function makeBus(config: Partial<QEEventBusConfig> = {}) {
@@ -63,8 +64,9 @@ describe('QEEventBus lifecycle and publishing', () => {
     const err = await bus.publish({ type: 'Bad Type', agentId: 'a', data: 1 }).catch((x) => x);
     expect(err).toBeInstanceOf(ValidationError);
     expect(err.field).toBe('type');
-    await waitFor(() => seen.length === 1);
-    await sleep(20);
+    await waitFor(() => seen.length === 1 && settled(bus), 'the one valid event handled');
+    // the invalid one never reached the transport
+    expect(bus.getDetailedMetrics().transport.published).toBe(1);
     expect(seen).toHaveLength(1);
     expect(seen[0]).toBe(e);
   });
@@ -80,8 +82,8 @@ describe('QEEventBus lifecycle and publishing', () => {
     expect(err.field).toBe('events[2].agentId');
     const out = await bus.publishBatch([ev('a.one'), ev('a.two')]);
     expect(out).toHaveLength(2);
-    await waitFor(() => seen.length === 2);
-    await sleep(20);
+    await waitFor(() => seen.length === 2 && settled(bus), 'the valid batch handled');
+    expect(bus.getDetailedMetrics().transport.published).toBe(2); // nothing of the rejected batch
     expect(seen).toEqual(['a.one', 'a.two']);
   });
 });
@@ -122,8 +124,7 @@ describe('subscriptions', () => {
     await bus.publish(ev('payment.card.ok'));
     await bus.publish(ev('other.thing', {}, EventPriority.HIGH));
     await bus.publish(ev('billing.x.y', {}, EventPriority.LOW));
-    await waitFor(() => multi.length === 2 && urgent.length === 2);
-    await sleep(20);
+    await waitFor(() => multi.length === 2 && urgent.length === 2 && settled(bus), 'all four settled');
     expect(multi).toEqual(['billing.charge', 'payment.card.ok']);
     expect(once).toEqual(['billing.charge']);
     expect(u()).toBe(false); // already gone
@@ -152,7 +153,8 @@ describe('subscriptions', () => {
     expect(bus.unsubscribe(u.id)).toBe(false);
     expect(u()).toBe(false);
     await bus.publish(ev('t.a', { i: 2 }));
-    await sleep(20);
+    // the publish handed its deliveries over before it resolved: once settled, nothing more can come
+    await waitFor(() => settled(bus), 'the bus to settle');
     expect(seen).toEqual([1]);
   });
 
@@ -162,7 +164,8 @@ describe('subscriptions', () => {
     const u = bus.subscribe('t.*', (e) => void seen.push((e.data as { i: number }).i));
     expect(bus.pause(u.id)).toBe(true);
     for (let i = 0; i < 20; i++) await bus.publish(ev('t.a', { i }));
-    await sleep(30);
+    // all twenty are here, parked for the paused subscription
+    await waitFor(() => bus.getDetailedMetrics().queueSize === 20, 'twenty parked events');
     expect(seen).toEqual([]);
     expect(bus.resume(u.id)).toBe(true);
     await waitFor(() => seen.length === 20);
@@ -289,8 +292,8 @@ describe('retries, timeouts and dead letters', () => {
     expect(await bus.deadLetters!.count()).toBe(1);
     fail = false;
     expect(await bus.deadLetters!.redrive()).toBe(1);
-    await waitFor(() => calls === 2);
-    await sleep(20);
+    await waitFor(() => calls === 2 && settled(bus), 'the redriven call settled');
+    expect(calls).toBe(2);
     expect(other).toHaveLength(1); // the subscriber that succeeded is not bothered again
     expect(await bus.deadLetters!.count()).toBe(0);
   });
@@ -314,8 +317,7 @@ describe('retries, timeouts and dead letters', () => {
     fail = false;
     seen.length = 0;
     expect(await a.deadLetters!.redrive()).toBe(1);
-    await waitFor(() => seen.length === 1);
-    await sleep(30);
+    await waitFor(() => seen.length === 1 && settled(a) && settled(b), 'the redrive settled on both nodes');
     expect(seen).toEqual(['b-broadcast']);
   });
 
@@ -339,7 +341,7 @@ describe('retries, timeouts and dead letters', () => {
       'slow.*',
       async (_e, ctx) => {
         attempts.push(ctx.attempt);
-        await sleep(200);
+        await sleep(200); // simulated slow work, ten times the timeout
       },
       { timeout: 20 },
     );
@@ -356,8 +358,8 @@ describe('retries, timeouts and dead letters', () => {
       if (++calls < 3) throw new RetryLaterError(5, 'circuit open');
     });
     await bus.publish(ev('later.x'));
-    await waitFor(() => calls === 3);
-    await sleep(20);
+    await waitFor(() => calls === 3 && settled(bus), 'the third call settled');
+    expect(calls).toBe(3);
     expect(bus.getDetailedMetrics().deadLettered).toBe(0);
   });
 
@@ -410,7 +412,11 @@ describe('backpressure', () => {
     for (let i = 0; i < 3; i++) await bus.publish(ev('bp.x'));
     let fourth = false;
     const p = bus.publish(ev('bp.x')).then(() => (fourth = true));
-    await sleep(30);
+    // the publish is parked among the bus's waiting publishers (a private field, read here as the signal)
+    await waitFor(
+      () => (bus as unknown as { waiters: unknown[] }).waiters.length === 1,
+      'the fourth publish to wait for room',
+    );
     expect(fourth).toBe(false);
     gate.resolve();
     await p;

@@ -1,4 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { until, waitFor } from '@qe/test-utils';
+import { afterEach, describe, expect, it, onTestFinished, vi } from 'vitest';
 import {
   type AgentEvent,
   MemoryTransport,
@@ -10,7 +11,7 @@ import {
   retryEventFor,
   TransportError,
 } from '../src/index.js';
-import { sleep, waitFor } from './helpers.js';
+import { settled } from './helpers.js';
 
 /**
  * A memory transport that can schedule retries, standing in for a durable
@@ -56,8 +57,8 @@ describe('durable retries through Transport.scheduleRetry', () => {
     expect(transport.calls[0]!.delayMs).toBeGreaterThanOrEqual(10);
     // nothing waits in the bus: the shared delivery is settled, no retry timer
     expect(bus.getDetailedMetrics()).toMatchObject({ retryTimers: 0, durableRetries: 1, queueSize: 0 });
-    await waitFor(() => failing.length === 2, 'the retried call');
-    await sleep(60);
+    await waitFor(() => failing.length === 2 && settled(bus), 'the retried call settled');
+    expect(transport.calls).toHaveLength(1); // no further retry was scheduled, so no further call can come
     expect(failing).toEqual([1, 2]);
     expect(other).toEqual([1]);
   });
@@ -75,9 +76,13 @@ describe('durable retries through Transport.scheduleRetry', () => {
     bus.on('deadLetter', () => void dead++);
     const e = await bus.publish({ type: 'job.run', agentId: 'a', data: {} });
     await waitFor(() => dead === 1, 'the dead letter');
-    await sleep(20); // the store add follows the event
+    // the store add follows the event
+    const [dl] = await until(
+      () => transport.deadLetters.list(),
+      (l) => l.length === 1,
+      'the dead letter in the store',
+    );
     expect(attempts).toEqual([1, 2, 3]);
-    const [dl] = await transport.deadLetters.list();
     expect(dl).toMatchObject({ reason: 'max_attempts', attempts: 3, event: { id: e.id } });
     expect(transport.calls.map((c) => c.target.attempt)).toEqual([2, 3]);
     // a redrive starts a fresh round: the carried attempt is not kept
@@ -175,6 +180,13 @@ describe('durable retries through Transport.scheduleRetry', () => {
   });
 
   it('in-memory retry timers are counted while they wait; stop() clears those that outlast its drain', async () => {
+    // time is the subject: fake timers that still advance with the clock (so the bus runs as usual), and a jump
+    // past every retry's due time at the end instead of a sleep
+    vi.useFakeTimers({
+      shouldAdvanceTime: true,
+      toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'],
+    });
+    onTestFinished(() => void vi.useRealTimers());
     // retries due after stop's drain window: stop gives up waiting and must clear their timers
     const bus = new QEEventBus({
       nodeId: 'timers',
@@ -194,7 +206,7 @@ describe('durable retries through Transport.scheduleRetry', () => {
     expect(calls).toBe(5);
     await bus.stop();
     expect(bus.getDetailedMetrics().retryTimers).toBe(0);
-    await sleep(1300);
+    await vi.advanceTimersByTimeAsync(3 * 1200);
     expect(calls).toBe(5); // none of the cleared retries ran (they were due 600-1200 ms after the failures)
   });
 });

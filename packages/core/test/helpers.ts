@@ -1,20 +1,13 @@
-/** Polls `cond` until it is true or the deadline passes (then throws with `what`). */
-export async function waitFor(cond: () => boolean, what = 'condition', timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+import type { QEEventBus } from '../src/index.js';
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-export function deferred<T = void>() {
-  let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
+/**
+ * True once `bus` has nothing queued (parked included), running or waiting in
+ * a retry timer. On the memory transport a publish hands its deliveries over
+ * before it resolves, so once the publishes of a test resolved and the bus is
+ * settled, no delivery of them is still on its way: "nothing more arrived" can
+ * be asserted at once, with no window to guess.
+ */
+export function settled(bus: QEEventBus): boolean {
+  const m = bus.getDetailedMetrics();
+  return m.inFlight === 0 && m.queueSize === 0 && m.retryTimers === 0;
 }

@@ -1,6 +1,6 @@
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Middleware, type MiddlewareHost, QEEventBus } from '../src/index.js';
-import { waitFor } from './helpers.js';
 
 const buses: QEEventBus[] = [];
 afterEach(async () => {

@@ -1,3 +1,4 @@
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type AgentEvent,
@@ -10,7 +11,6 @@ import {
   type QEEventBusConfig,
   ValidationError,
 } from '../src/index.js';
-import { waitFor } from './helpers.js';
 
 const buses: QEEventBus[] = [];
 async function makeBus(config: Partial<QEEventBusConfig> = {}) {

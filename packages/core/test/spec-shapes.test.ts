@@ -3,9 +3,10 @@
  * (spec 003: `publish(type, data)`; spec 001: `subscribe(pattern, options,
  * handler)`), beside the bus's own shapes.
  */
+
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type AgentEvent, EventPriority, QEEventBus } from '../src/index.js';
-import { waitFor } from './helpers.js';
 
 const buses: QEEventBus[] = [];
 afterEach(async () => {

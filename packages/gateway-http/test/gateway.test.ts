@@ -1,12 +1,9 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { connect as http2Connect } from 'node:http2';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { type AgentEvent, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { type TestCertificate, testCertificate, waitFor } from '@qe/test-utils';
 import { SignJWT } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHttpGateway, type HttpGatewayOptions } from '../src/index.js';
@@ -17,32 +14,12 @@ const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-let certDir: string;
+/** A self-signed certificate for localhost and 127.0.0.1. */
+let cert: TestCertificate;
 beforeAll(() => {
-  certDir = mkdtempSync(join(tmpdir(), 'qe-http-tls-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-      '-keyout',
-      join(certDir, 'key.pem'),
-      '-out',
-      join(certDir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
+  cert = testCertificate();
 });
-afterAll(() => rmSync(certDir, { recursive: true, force: true }));
+afterAll(() => cert.cleanup());
 
 async function setup(extra: Partial<HttpGatewayOptions> = {}) {
   const bus = new QEEventBus({ nodeId: `http-${cleanups.length}`, retryAttempts: 0 });
@@ -314,10 +291,10 @@ describe('HTTP gateway (HTTP/1.1, real sockets)', () => {
 describe('HTTP gateway over TLS: HTTP/2 with ALPN, HTTP/1.1 fallback', () => {
   it('serves HTTP/2 to Node’s http2 client and to curl --http2, and HTTP/1.1 to curl --http1.1', async () => {
     const { base: _b, gw } = await setup({
-      tls: { key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) },
+      tls: { key: cert.key, cert: cert.cert },
     });
     const url = `https://localhost:${gw.port}`;
-    const session = http2Connect(url, { ca: readFileSync(join(certDir, 'cert.pem')) });
+    const session = http2Connect(url, { ca: cert.cert });
     cleanups.push(() => session.close());
     const status = await new Promise<number>((resolve, reject) => {
       const req = session.request({
@@ -334,7 +311,7 @@ describe('HTTP gateway over TLS: HTTP/2 with ALPN, HTTP/1.1 fallback', () => {
     const h2 = await run('curl', [
       '-sS',
       '--cacert',
-      join(certDir, 'cert.pem'),
+      cert.certFile,
       '--http2',
       '-o',
       '/dev/null',
@@ -346,7 +323,7 @@ describe('HTTP gateway over TLS: HTTP/2 with ALPN, HTTP/1.1 fallback', () => {
     const h1 = await run('curl', [
       '-sS',
       '--cacert',
-      join(certDir, 'cert.pem'),
+      cert.certFile,
       '--http1.1',
       '-o',
       '/dev/null',
@@ -358,7 +335,7 @@ describe('HTTP gateway over TLS: HTTP/2 with ALPN, HTTP/1.1 fallback', () => {
     const post = await run('curl', [
       '-sS',
       '--cacert',
-      join(certDir, 'cert.pem'),
+      cert.certFile,
       '--http2',
       '-H',
       'content-type: application/json',

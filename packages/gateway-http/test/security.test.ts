@@ -6,17 +6,20 @@
  * expires, JSON replies carry the security headers, a bind failure rejects,
  * and rate limits are shared across instances through Redis.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
 import { connect as http2Connect } from 'node:http2';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
-import { Redis } from 'ioredis';
+import {
+  deletePrefix,
+  startFixture,
+  type TestCertificate,
+  testCertificate,
+  uniquePrefix,
+  waitFor,
+} from '@qe/test-utils';
 import { SignJWT } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHttpGateway } from '../src/index.js';
@@ -38,58 +41,35 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
   for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
 });
-let certDir: string;
+/** A self-signed certificate for localhost and 127.0.0.1. */
+let cert: TestCertificate;
 beforeAll(() => {
-  certDir = mkdtempSync(join(tmpdir(), 'qe-http-sec-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-      '-keyout',
-      join(certDir, 'key.pem'),
-      '-out',
-      join(certDir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
+  cert = testCertificate();
 });
-afterAll(() => rmSync(certDir, { recursive: true, force: true }));
+afterAll(() => cert.cleanup());
 
-/** Starts the fixture process and resolves once it printed its ports. */
+/** Starts the fixture process and resolves once it printed its ports (its stderr goes to the test's). */
 function startGateway(config: Record<string, unknown>): Promise<Gw> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--conditions=@qe/source', '--import', 'tsx', FIXTURE], {
-      env: { ...process.env, QE_GW: JSON.stringify(config) },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    let ready = false;
+    const child: ChildProcess = startFixture(FIXTURE, [], {
+      env: { QE_GW: JSON.stringify(config) },
+      onLine: (line) => {
+        if (ready) return;
+        ready = true;
+        const { port, h2cPort } = JSON.parse(line) as { port: number; h2cPort: number | null };
+        const scheme = config.tls ? 'https' : 'http';
+        resolve({ child, port, h2cPort, base: `${scheme}://127.0.0.1:${port}` });
+      },
     });
     children.push(child);
-    let out = '';
-    let err = '';
-    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-    child.stdout!.on('data', (c: Buffer) => {
-      out += c.toString();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      const { port, h2cPort } = JSON.parse(out.slice(0, nl)) as { port: number; h2cPort: number | null };
-      const scheme = config.tls ? 'https' : 'http';
-      resolve({ child, port, h2cPort, base: `${scheme}://127.0.0.1:${port}` });
+    child.on('exit', (code) => {
+      if (!ready)
+        reject(new Error(`gateway process exited with ${code} before listening (its stderr is above)`));
     });
-    child.on('exit', (code) =>
-      reject(new Error(`gateway process exited with ${code} before listening:\n${err}`)),
-    );
   });
 }
-const tlsConfig = () => ({ tls: { key: join(certDir, 'key.pem'), cert: join(certDir, 'cert.pem') } });
+const tlsConfig = () => ({ tls: { key: cert.keyFile, cert: cert.certFile } });
 
 const token = (claims: Record<string, unknown>, exp: string | number = '5m') =>
   new SignJWT(claims)
@@ -393,15 +373,10 @@ describe('replies and listeners', () => {
 
 describe('rate limits across instances', () => {
   it('two gateway processes on one Redis share one budget per principal', async () => {
-    const prefix = `qe-test-rl-${process.pid}-${Date.now()}`;
+    const prefix = uniquePrefix('http-rl');
     const rateLimit = { windowMs: 600_000, maxRequests: 4, redisUrl: REDIS_URL, prefix };
     const [a, b] = await Promise.all([startGateway({ rateLimit }), startGateway({ rateLimit })]);
-    cleanups.push(async () => {
-      const r = new Redis(REDIS_URL);
-      const keys = await r.keys(`${prefix}*`);
-      if (keys.length) await r.del(...keys);
-      r.disconnect();
-    });
+    cleanups.push(() => deletePrefix(prefix, REDIS_URL));
     const statuses: number[] = [];
     for (const gw of [a, b, a, b, a, b]) statuses.push((await fetch(`${gw.base}/events?limit=1`)).status);
     expect(statuses).toEqual([200, 200, 200, 200, 429, 429]);

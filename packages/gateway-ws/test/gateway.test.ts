@@ -1,5 +1,5 @@
 import { QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { sleep, waitFor } from '@qe/test-utils';
 import { SignJWT } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -222,7 +222,7 @@ describe('WebSocket gateway', () => {
     // at a pace a reading client keeps up with; the paused one falls behind
     for (let i = 0; i < 400; i++) {
       await bus.publish({ type: 'flood.x', agentId: 'p', data: { i, blob } });
-      if (i % 4 === 3) await new Promise((r) => setTimeout(r, 1));
+      if (i % 4 === 3) await sleep(1); // pacing the load
     }
     await waitFor(
       () => fast.events().length === 400,

@@ -8,7 +8,7 @@
 import net from 'node:net';
 import { QEEventBus } from '@qe/core';
 import { RedisTokenBuckets } from '@qe/reliability';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -89,11 +89,10 @@ describe('WebSocket gateway: findings of the attack review', () => {
   });
 
   it('per-principal limits are shared by two gateways on one Redis', async () => {
-    const prefix = `qe-test-wsrl-${process.pid}-${Date.now()}`;
+    const prefix = uniquePrefix('ws-rl');
     const redis = new Redis(REDIS_URL);
     cleanups.push(async () => {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await deletePrefix(prefix, REDIS_URL);
       redis.disconnect();
     });
     const rateLimit = {

@@ -1,5 +1,5 @@
 import { type AgentEvent, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createEventMonitor, createHealthMonitor } from '../src/index.js';
 

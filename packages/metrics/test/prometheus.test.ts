@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { MemoryTransport, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createPrometheusMiddleware, instrumentTransport } from '../src/index.js';
@@ -95,7 +95,7 @@ describe('Prometheus metrics on Redis', () => {
   it('exposes consumer pending and lag per group and the stream length from the Redis transport', async () => {
     const { RedisStreamsTransport } = await import('@qe/redis-transport');
     const registry = new Registry();
-    const keyPrefix = `qe-test:metrics:${Date.now().toString(36)}`;
+    const keyPrefix = uniquePrefix('metrics');
     const bus = new QEEventBus({
       nodeId: 'prom-redis',
       transport: new RedisStreamsTransport({ keyPrefix }),
@@ -115,11 +115,7 @@ describe('Prometheus metrics on Redis', () => {
     release();
     // stopped before the keys go: a running consumer would re-create its group (and the streams)
     await bus.stop();
-    const { Redis } = await import('ioredis');
-    const r = new Redis();
-    const keys = await r.keys(`${keyPrefix}:*`);
-    if (keys.length) await r.del(...keys);
-    r.disconnect();
+    await deletePrefix(keyPrefix);
   });
 
   it("the wrapper keeps the inner transport's durable scheduleRetry, and adds none where there is none", async () => {

@@ -1,38 +1,17 @@
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { SpanKind } from '@opentelemetry/api';
 import { type AgentEvent, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
-import { Redis } from 'ioredis';
+import { deletePrefix, exited, startFixture, uniquePrefix, waitFor } from '@qe/test-utils';
 import { describe, expect, it } from 'vitest';
 import { createTracingMiddleware, extractContext } from '../src/index.js';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 function run(args: string[]) {
-  const proc = spawn(
-    process.execPath,
-    [
-      '--conditions=@qe/source',
-      '--import',
-      'tsx',
-      fileURLToPath(new URL('./fixtures/traced.ts', import.meta.url)),
-      ...args,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
   const lines: string[] = [];
-  let buf = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      lines.push(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
+  const proc = startFixture(new URL('./fixtures/traced.ts', import.meta.url), args, {
+    onLine: (l) => lines.push(l),
   });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  return { proc, lines, exited };
+  return { proc, lines, exited: exited(proc) };
 }
 
 type SpanJson = {
@@ -48,7 +27,7 @@ const spansOf = (lines: string[]): SpanJson[] =>
 
 describe('tracing', () => {
   it('a trace crosses two processes: the consumer span is a child of the producer span', async () => {
-    const prefix = `qe-test:metrics:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    const prefix = uniquePrefix('metrics');
     const consumer = run(['consumer', URL_, prefix]);
     try {
       await waitFor(() => consumer.lines.includes('ready'), 'the consumer', 20_000);
@@ -74,10 +53,7 @@ describe('tracing', () => {
       });
     } finally {
       consumer.proc.kill('SIGKILL');
-      const r = new Redis(URL_);
-      const keys = await r.keys(`${prefix}:*`);
-      if (keys.length) await r.del(...keys);
-      r.disconnect();
+      await deletePrefix(prefix, URL_);
     }
   });
 

@@ -1,6 +1,6 @@
 import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, quiescent, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
@@ -21,8 +21,16 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
+/** True once nothing is queued, running or waiting in a retry timer on `bus`. */
+function settled(bus: QEEventBus): boolean {
+  const m = bus.getDetailedMetrics();
+  return m.inFlight === 0 && m.queueSize === 0 && m.retryTimers === 0;
+}
+/** The Redis transport's default delayed-set poll (a retry or redrive copy could still arrive within one). */
+const DEFAULT_DELAYED_POLL_MS = 200;
+
 async function redisBus(nodeId: string) {
-  const keyPrefix = `qe-test:rel:bus:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+  const keyPrefix = uniquePrefix('rel:bus');
   const bus = new QEEventBus({
     nodeId,
     retryAttempts: 0,
@@ -32,8 +40,7 @@ async function redisBus(nodeId: string) {
   const r = new Redis(URL_);
   cleanups.push(async () => {
     await bus.stop();
-    const keys = await r.keys(`${keyPrefix}*`);
-    if (keys.length) await r.del(...keys);
+    await deletePrefix(keyPrefix, URL_);
     r.disconnect();
   });
   return { bus, redis: r, keyPrefix };
@@ -75,7 +82,8 @@ describe('every middleware composed on a bus over the Redis transport', () => {
     poisoned = false;
     expect(await dlq.redrive({ id: dl!.id })).toBe(1);
     await waitFor(() => calls.length === 4, 'the redriven call');
-    await new Promise((r) => setTimeout(r, 200));
+    await waitFor(() => settled(bus), 'the redriven call settled');
+    await quiescent(() => calls.length, { forMs: 3 * DEFAULT_DELAYED_POLL_MS, what: 'the number of calls' });
     expect(calls).toHaveLength(4);
     expect(await dlq.depth()).toBe(0);
   });
@@ -88,7 +96,7 @@ describe('long retries of a shared broadcast entry are stored in Redis, not in t
       url: URL_,
       keyPrefix,
       blockMs: 100,
-      delayedPollMs: 50,
+      delayedPollMs: DELAYED_POLL_MS,
       scheduleNackAboveMs: 200,
     });
     const bus = new QEEventBus({ nodeId, retryAttempts: 0, transport, durableRetryAboveMs: 200 });
@@ -97,15 +105,15 @@ describe('long retries of a shared broadcast entry are stored in Redis, not in t
     cleanups.push(() => bus.stop().catch(() => {}));
     return { bus, transport };
   }
+  const DELAYED_POLL_MS = 50;
   const retry = () =>
     createRetryMiddleware({ retryAttempts: 2, retryDelay: 400, maxRetryDelay: 800, scheduleAboveMs: 200 });
 
   async function setup(tag: string) {
-    const keyPrefix = `qe-test:rel:dly-${tag}:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    const keyPrefix = uniquePrefix(`rel:dly-${tag}`);
     const r = new Redis(URL_);
     cleanups.push(async () => {
-      const keys = await r.keys(`${keyPrefix}*`);
-      if (keys.length) await r.del(...keys);
+      await deletePrefix(keyPrefix, URL_);
       r.disconnect();
     });
     // full jitter made predictable: every retry waits 99% of its ceiling (396 ms, then 792 ms), all "long"
@@ -148,7 +156,13 @@ describe('long retries of a shared broadcast entry are stored in Redis, not in t
     expect(failing[2]!.at - failing[1]!.at).toBeGreaterThanOrEqual(780);
     const [dl] = await dlq.list();
     expect(dl).toMatchObject({ reason: 'permanent', attempts: 3, event: { id: e.id } });
-    await new Promise((res) => setTimeout(res, 300));
+    // no retry stored in Redis nor waiting in a timer, nothing running: only the delayed poll could still
+    // move a copy; three of its periods (and three read periods) of silence
+    await waitFor(async () => (await r.zcard(delayed)) === 0 && settled(bus), 'no retry left anywhere');
+    await quiescent(() => [failing.length, other.length], {
+      forMs: 3 * Math.max(DELAYED_POLL_MS, 100),
+      what: 'the calls of both subscriptions',
+    });
     expect(other).toEqual([1]);
     expect(failing).toHaveLength(3);
     expect(await r.zcard(delayed)).toBe(0);
@@ -189,7 +203,14 @@ describe('long retries of a shared broadcast entry are stored in Redis, not in t
     ).ready;
     await again.bus.subscribe('job.*', () => void calls.push('other@2')).ready;
     await waitFor(() => attempts.length === 1, 'the retry after the crash', 5000);
-    await new Promise((res) => setTimeout(res, 300));
+    await waitFor(
+      async () => (await r.zcard(again.transport.keys.delayed(0))) === 0 && settled(again.bus),
+      'no retry left anywhere',
+    );
+    await quiescent(() => calls.length, {
+      forMs: 3 * Math.max(DELAYED_POLL_MS, 100),
+      what: 'the number of calls',
+    });
     expect(attempts).toEqual([2]);
     expect(calls.sort()).toEqual(['failing@1', 'failing@2', 'other@1']);
   });

@@ -1,8 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
 import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, quiescent, startFixture, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -17,47 +16,57 @@ const children: ChildProcess[] = [];
 const prefixes: string[] = [];
 afterEach(async () => {
   for (const c of children.splice(0)) c.kill('SIGKILL');
-  const r = new Redis(URL_);
-  for (const p of prefixes.splice(0)) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await r.del(...keys);
-    } while (cursor !== '0');
-  }
-  r.disconnect();
+  for (const p of prefixes.splice(0)) await deletePrefix(p, URL_);
 });
 const prefix = () => {
-  const p = `qe-test:rel:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 7)}`;
+  const p = uniquePrefix('rel');
   prefixes.push(p);
   return p;
 };
 
+/** The worker fixture; `go` starts a rate-limit worker, so stdin is a pipe. */
 function worker(args: string[]) {
-  const proc = spawn(
-    process.execPath,
-    [
-      '--conditions=@qe/source',
-      '--import',
-      'tsx',
-      fileURLToPath(new URL('./fixtures/worker.ts', import.meta.url)),
-      ...args,
-    ],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  children.push(proc);
   const lines: string[] = [];
-  let buf = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      lines.push(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
+  const proc = startFixture(new URL('./fixtures/worker.ts', import.meta.url), args, {
+    stdin: 'pipe',
+    onLine: (l) => lines.push(l),
   });
+  children.push(proc);
   return { proc, lines };
+}
+
+/** The transports' defaults that decide when an entry could still come back: the delayed-set poll. */
+const DELAYED_POLL_MS = 200;
+
+/** True once nothing is queued, running or waiting in a retry timer on `bus`. */
+const settled = (bus: QEEventBus) => {
+  const m = bus.getDetailedMetrics();
+  return m.inFlight === 0 && m.queueSize === 0 && m.retryTimers === 0;
+};
+
+/** True once every consumer group on every stream under `keyPrefix` has read and acked everything. */
+async function groupsDrained(keyPrefix: string): Promise<boolean> {
+  const r = new Redis(URL_);
+  try {
+    let cursor = '0';
+    let groups = 0;
+    do {
+      const [next, keys] = await r.scan(cursor, 'MATCH', `${keyPrefix}*`, 'COUNT', 1000, 'TYPE', 'stream');
+      cursor = next;
+      for (const key of keys) {
+        const info = (await r.xinfo('GROUPS', key)) as unknown[][];
+        for (const g of info) {
+          const f = new Map<string, unknown>();
+          for (let i = 0; i < g.length; i += 2) f.set(String(g[i]), g[i + 1]);
+          groups++;
+          if (Number(f.get('pending')) !== 0 || Number(f.get('lag') ?? 0) !== 0) return false;
+        }
+      }
+    } while (cursor !== '0');
+    return groups > 0;
+  } finally {
+    r.disconnect();
+  }
 }
 
 const stops: (() => Promise<void>)[] = [];
@@ -127,7 +136,10 @@ describe('reliability composed on a bus over the Redis Streams transport', () =>
       poisoned = false;
       expect(await dlq.redrive({ pattern: 'order.*' })).toBe(1);
       await waitFor(() => calls.length === 5, 'the redriven call', 10_000);
-      await new Promise((r) => setTimeout(r, 300));
+      await waitFor(() => settled(bus), 'the redriven call settled');
+      expect(await dlq.depth()).toBe(0);
+      // nothing runs or waits in a timer; a second copy could only come from the delayed poll: three of its periods
+      await quiescent(() => calls.length, { forMs: 3 * DELAYED_POLL_MS, what: 'the number of calls' });
       expect(calls).toHaveLength(5);
       expect(await dlq.depth()).toBe(0);
     });
@@ -135,14 +147,22 @@ describe('reliability composed on a bus over the Redis Streams transport', () =>
   it('a breaker opens after the threshold, fails fast, half-opens after the timeout and closes on success, losing nothing', async () => {
     const bus = await redisBus(prefix());
     const states: string[] = [];
+    /** The handler's call count when the circuit entered each state (the first time). */
+    const callsAt: Record<string, number> = {};
+    let healthy = false;
+    let calls = 0;
     const breaker = createCircuitBreaker({
       failureThreshold: 3,
       recoveryTimeout: 200,
       monitoringPeriod: 10_000,
-      onStateChange: (_k, s) => states.push(s),
+      onStateChange: (_k, s) => {
+        states.push(s);
+        callsAt[s] ??= calls;
+        // the downstream recovers while the circuit is open, so the half-open trial succeeds however late
+        // the test gets to run
+        if (s === 'open') healthy = true;
+      },
     });
-    let healthy = false;
-    let calls = 0;
     const handled = new Set<number>();
     await bus.subscribe(
       'pay.*',
@@ -156,12 +176,11 @@ describe('reliability composed on a bus over the Redis Streams transport', () =>
     ).ready;
     for (let i = 0; i < 12; i++) await bus.publish({ type: 'pay.charge', agentId: 'a', data: { i } });
     await waitFor(() => states.includes('open'), 'the circuit to open', 10_000);
-    const callsWhenOpened = calls;
-    await new Promise((r) => setTimeout(r, 100));
-    expect(calls).toBe(callsWhenOpened);
-    healthy = true;
     await waitFor(() => handled.size === 12, 'every event handled', 15_000);
     expect(states.slice(0, 3)).toEqual(['open', 'half_open', 'closed']);
+    // open: fails fast, the handler is not called at all until the reset timeout half-opens it
+    expect(callsAt.open).toBeGreaterThanOrEqual(3);
+    expect(callsAt.half_open).toBe(callsAt.open);
     expect(await bus.deadLetters!.count()).toBe(0);
     expect(breaker.stats()[0]).toMatchObject({ state: 'closed', opened: 1, closed: 1 });
   });
@@ -220,7 +239,10 @@ describe('reliability across processes (Redis)', () => {
       const handled = () =>
         [...a.lines, ...b.lines].filter((l) => l.startsWith('handled ')).map((l) => l.slice(8));
       await waitFor(() => new Set(handled()).size === 20, 'every distinct event handled', 20_000);
-      await new Promise((r) => setTimeout(r, 500));
+      // every copy (100 entries) read and acked by the group: no duplicate can still be on its way
+      await waitFor(() => groupsDrained(`${p}:bus`), 'the group to ack every copy', 20_000);
+      // then three read periods of the workers (blockMs 100) for a handler line still being printed
+      await quiescent(() => handled().length, { forMs: 3 * 100, what: 'the handled lines' });
       expect(handled().sort()).toEqual([...ids].sort());
       expect(
         a.lines.some((l) => l.startsWith('handled')) && b.lines.some((l) => l.startsWith('handled')),

@@ -9,7 +9,8 @@ import {
   PermanentError,
   RetryLaterError,
 } from '@qe/core';
-import { describe, expect, it } from 'vitest';
+import { sleep, waitFor } from '@qe/test-utils';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   backoffDelay,
   CIRCUIT_EVENTS,
@@ -160,7 +161,7 @@ describe('timeout and bulkhead', () => {
   it('fails a slow call with TIMEOUT and lets a fast one through', async () => {
     const slow = wrap(
       createTimeoutMiddleware({ timeoutMs: 20 }),
-      () => new Promise((r) => setTimeout(r, 200)),
+      () => sleep(200), // simulated slow work
     );
     await expect(Promise.resolve(slow(event, ctx()))).rejects.toMatchObject({ code: 'TIMEOUT' });
     const fast = wrap(createTimeoutMiddleware({ timeoutMs: 200 }), async () => 'ok');
@@ -187,7 +188,7 @@ describe('timeout and bulkhead', () => {
         running--;
       });
       const calls = [0, 1, 2].map(() => Promise.resolve(fn(event, ctx())));
-      await new Promise((r) => setTimeout(r, 10));
+      await waitFor(() => running === 2 && b.stats().queued === 1, 'two calls running and one queued');
       const fourth = await Promise.resolve(fn(event, ctx())).then(
         () => 'resolved',
         (e: { code?: string }) => e.code,
@@ -287,19 +288,25 @@ describe('rate limiter and idempotency (in memory)', () => {
     expect(sync(event, ctx())).toBe('ok');
     expect(sync(event, ctx())).toBeUndefined();
     expect(syncCalls).toBe(1);
-    let release!: () => void;
+    let release: (() => void) | undefined;
     const slow = wrap(createIdempotency(), () => new Promise<void>((r) => (release = r)));
     const first = Promise.resolve(slow(event, ctx()));
-    await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => release !== undefined, 'the first call to be running');
     // a synchronous throw is a failure as much as a rejection (ConsumeFn's contract)
     await expect((async () => slow(event, ctx()))()).rejects.toBeInstanceOf(RetryLaterError);
-    release();
+    release!();
     await first;
   });
 });
 
 describe('circuit breaker (alone)', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   it('opens after the threshold, postpones without calling, half-opens, lets one trial through, closes', async () => {
+    // time is the subject here (the reset timeout): fake timers, so a busy machine cannot stretch it
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
     const published: { type: string; data: unknown }[] = [];
     const h: MiddlewareHost = {
       ...host(false),
@@ -332,8 +339,12 @@ describe('circuit breaker (alone)', () => {
     expect((early as RetryLaterError).delayMs).toBeGreaterThan(0);
     expect((early as RetryLaterError).delayMs).toBeLessThanOrEqual(80);
     expect(calls).toBe(2);
-    await new Promise((r) => setTimeout(r, 100));
+    await vi.advanceTimersByTimeAsync(79);
+    expect(breaker.state('s1')).toBe('open'); // not a moment before the reset timeout
+    expect(calls).toBe(2);
+    await vi.advanceTimersByTimeAsync(1);
     expect(breaker.state('s1')).toBe('half_open');
+    vi.useRealTimers();
     healthy = true;
     const trial = fn(event, ctx());
     // while the one trial call is in flight, others wait too instead of failing
@@ -344,7 +355,7 @@ describe('circuit breaker (alone)', () => {
     await trial;
     expect(breaker.state('s1')).toBe('closed');
     expect(breaker.stats()[0]).toMatchObject({ opened: 1, halfOpened: 1, closed: 1, rejects: 2 });
-    await new Promise((r) => setTimeout(r, 0));
+    await waitFor(() => published.length === 3, 'three state-change events');
     expect(published.map((p) => p.type)).toEqual([
       CIRCUIT_EVENTS.open,
       CIRCUIT_EVENTS.half_open,

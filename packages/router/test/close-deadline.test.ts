@@ -1,44 +1,24 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { MemoryTransport, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { type RedisProcess, startRedis } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RoutedTransport } from '../src/index.js';
 
 /** This file's own redis-server (port 7600), frozen with SIGSTOP and killed by PID. */
 const PORT = 7600;
-let proc: ChildProcess | undefined;
-let dir = '';
-afterEach(() => {
-  proc?.kill('SIGCONT');
-  proc?.kill('SIGKILL');
-  proc = undefined;
-  if (dir) rmSync(dir, { recursive: true, force: true });
+let server: RedisProcess | undefined;
+afterEach(async () => {
+  await server?.stop('SIGKILL');
+  server?.cleanup();
+  server = undefined;
 });
 
 describe('RoutedTransport.close({ timeoutMs })', () => {
   it('returns within its deadline when Redis stops answering, and closes the inner transport', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'qe-router-close-'));
-    proc = spawn(
-      'redis-server',
-      ['--port', String(PORT), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
-      {
-        stdio: 'ignore',
-      },
-    );
+    server = await startRedis(PORT, ['--appendonly', 'no']);
     const redis = new Redis({ port: PORT, lazyConnect: true, retryStrategy: () => 50 });
     redis.on('error', () => {});
-    await waitFor(async () => {
-      try {
-        await redis.connect();
-        return true;
-      } catch {
-        return false;
-      }
-    }, 'the test redis-server');
+    await redis.connect();
     const inner = new MemoryTransport();
     const t = new RoutedTransport({
       inner,
@@ -51,7 +31,7 @@ describe('RoutedTransport.close({ timeoutMs })', () => {
     await bus.start();
     const sub = bus.subscribe('job.*', () => {}, { group: 'workers' });
     await sub.ready;
-    proc.kill('SIGSTOP'); // Redis holds every command from now on
+    server.proc.kill('SIGSTOP'); // Redis holds every command from now on
     const started = Date.now();
     await t.close({ timeoutMs: 1000 });
     // the handover would wait for Redis forever; the deadline (plus generous slack for a loaded machine) holds

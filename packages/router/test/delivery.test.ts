@@ -1,5 +1,5 @@
 import { type AgentEvent, type Logger, MemoryTransport, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RoutedTransport } from '../src/index.js';
@@ -15,17 +15,8 @@ afterEach(async () => {
 });
 
 function prefix(): string {
-  const p = `qe-test:router-dl:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-  cleanups.push(async () => {
-    const r = new Redis(URL_);
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await r.del(...keys);
-    } while (cursor !== '0');
-    r.disconnect();
-  });
+  const p = uniquePrefix('router-dl');
+  cleanups.push(() => deletePrefix(p, URL_));
   return p;
 }
 

@@ -1,8 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { MemoryTransport, QEEventBus, RetryLaterError } from '@qe/core';
+import type { ChildProcess } from 'node:child_process';
+import { type GroupMember, MemoryTransport, QEEventBus, RetryLaterError } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, sleep, startFixture, uniquePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createStrategy, RoutedTransport, type Strategy, type StrategyName, weighted } from '../src/index.js';
@@ -21,53 +20,35 @@ interface Member {
 }
 
 function prefix(): string {
-  const p = `qe-test:router:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-  cleanups.push(async () => {
-    const r = new Redis(URL_);
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await r.del(...keys);
-    } while (cursor !== '0');
-    r.disconnect();
-  });
+  const p = uniquePrefix('router');
+  cleanups.push(() => deletePrefix(p, URL_));
   return p;
 }
 
 function member(p: string, id: string, strategy: StrategyName, delayMs = 0): Member {
-  const proc = spawn(
-    process.execPath,
-    [
-      '--conditions=@qe/source',
-      '--import',
-      'tsx',
-      fileURLToPath(new URL('./fixtures/member.ts', import.meta.url)),
-      URL_,
-      p,
-      id,
-      strategy,
-      String(delayMs),
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+  const m: Member = { id, proc: undefined as unknown as ChildProcess, handled: [], ready: false };
+  m.proc = startFixture(
+    new URL('./fixtures/member.ts', import.meta.url),
+    [URL_, p, id, strategy, String(delayMs)],
+    {
+      onLine: (line) => {
+        if (line === 'ready') m.ready = true;
+        else if (line.startsWith('handled ')) {
+          const [, eid, key, seq] = line.split(' ');
+          m.handled.push({ id: eid!, key: key!, seq: Number(seq) });
+        }
+      },
+    },
   );
-  const m: Member = { id, proc, handled: [], ready: false };
-  let buf = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (line === 'ready') m.ready = true;
-      else if (line.startsWith('handled ')) {
-        const [, eid, key, seq] = line.split(' ');
-        m.handled.push({ id: eid!, key: key!, seq: Number(seq) });
-      }
-    }
-  });
-  cleanups.push(() => void proc.kill('SIGKILL'));
+  cleanups.push(() => void m.proc.kill('SIGKILL'));
   return m;
+}
+
+/** The members of group `g` the publisher's transport sees after a fresh read of the registry. */
+async function liveMembers(t: RoutedTransport): Promise<string[]> {
+  await t.refresh();
+  const groups = (await t.healthCheck()).details?.groups as Record<string, GroupMember[]> | undefined;
+  return (groups?.['group:g:work.*'] ?? []).map((m) => m.id);
 }
 
 async function publisher(p: string, strategy: Strategy) {
@@ -98,7 +79,7 @@ async function publishMany(bus: QEEventBus, n: number, key: (i: number) => strin
         data: { seq: i + k },
       })),
     );
-    if (pace > 0) await new Promise((r) => setTimeout(r, pace));
+    if (pace > 0) await sleep(pace); // pacing the load
   }
 }
 
@@ -160,7 +141,7 @@ describe('routing across processes on Redis', () => {
           data: { seq: i * 20 + k },
         })),
       );
-      await new Promise((r) => setTimeout(r, 60));
+      await sleep(60); // pacing: waves the slow member cannot keep up with
     }
     await waitFor(() => total(lc) === 600, 'least-connections deliveries', 60_000);
     const [f1, f2, slow] = lc.map((m) => m.handled.length);
@@ -183,9 +164,15 @@ describe('routing across processes on Redis', () => {
         owner.set(h.key, m.id);
       }
     const victim = ms[3]!;
+    expect(await liveMembers(t)).toContain(victim.id);
     victim.proc.kill('SIGKILL');
-    await new Promise((r) => setTimeout(r, 2500)); // past the member TTL
-    await t.refresh();
+    // its registration expires after the member TTL (1500 ms): wait until the publisher no longer sees it
+    await waitFor(
+      async () => !(await liveMembers(t)).includes(victim.id),
+      'the killed member to expire',
+      15_000,
+    );
+    expect(await liveMembers(t)).toHaveLength(9);
     for (const m of ms) m.handled.length = 0;
     await publishMany(bus, 2000, (i) => `agent-${i % 400}`);
     const alive = ms.filter((m) => m !== victim);
@@ -247,7 +234,7 @@ describe('routing across processes on Redis', () => {
         const key = e.agentId!;
         if ((active.get(key) ?? 0) > 0) overlaps++;
         active.set(key, (active.get(key) ?? 0) + 1);
-        if (key.startsWith('slow')) await new Promise((r) => setTimeout(r, 5));
+        if (key.startsWith('slow')) await sleep(5); // simulated work
         seen.set(key, [...(seen.get(key) ?? []), (e.data as { seq: number }).seq]);
         active.set(key, active.get(key)! - 1);
         handled++;

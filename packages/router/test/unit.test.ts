@@ -1,5 +1,5 @@
 import { type AgentEvent, MemoryBroker, MemoryTransport, QEEventBus } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import {

@@ -1,0 +1,11 @@
+export { exited, type FixtureOptions, startFixture } from './process.js';
+export {
+  deletePrefix,
+  REDIS_URL,
+  type RedisProcess,
+  startRedis,
+  uniquePrefix,
+  waitForPort,
+} from './redis.js';
+export { type TestCertificate, testCertificate } from './tls.js';
+export { deferred, type QuiescentOptions, quiescent, sleep, until, waitFor } from './wait.js';
