@@ -244,9 +244,11 @@ describe('reliability across processes (Redis)', () => {
       // then three read periods of the workers (blockMs 100) for a handler line still being printed
       await quiescent(() => handled().length, { forMs: 3 * 100, what: 'the handled lines' });
       expect(handled().sort()).toEqual([...ids].sort());
-      expect(
-        a.lines.some((l) => l.startsWith('handled')) && b.lines.some((l) => l.startsWith('handled')),
-      ).toBe(true);
+      // the copies were shared by the two processes (which one handles a given id is the scheduler's
+      // business; that both received copies is what makes the idempotency cross-process)
+      const received = (w: { lines: string[] }) => w.lines.filter((l) => l.startsWith('received ')).length;
+      expect(received(a) + received(b)).toBeGreaterThanOrEqual(100); // a copy met while its twin is running is retried later
+      expect(received(a) > 0 && received(b) > 0).toBe(true);
     } finally {
       await producer.stop();
     }
