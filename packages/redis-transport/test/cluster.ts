@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
+import { type RedisProcess, startRedis } from '@qe/test-utils';
 import { Redis } from 'ioredis';
-import { type RedisProcess, startRedis } from './redis-server.js';
 
 /** A local Redis Cluster: `masters` masters with `replicas` replicas each, on `base`.. (default 3 + 3). */
 export interface LocalCluster {

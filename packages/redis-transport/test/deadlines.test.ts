@@ -1,10 +1,10 @@
 import { QEEventBus } from '@qe/core';
+import { type RedisProcess, startRedis } from '@qe/test-utils';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisPubSubTransport, RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
 import { uniquePrefix } from './helpers.js';
-import { type RedisProcess, startRedis } from './redis-server.js';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {

@@ -1,10 +1,10 @@
 import { type AgentEvent, EventPriority, QEEventBus } from '@qe/core';
+import { type RedisProcess, startProxy, startRedis } from '@qe/test-utils';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
 import { deletePrefix, REDIS_URL, startFixture, uniquePrefix } from './helpers.js';
-import { type RedisProcess, startProxy, startRedis } from './redis-server.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {

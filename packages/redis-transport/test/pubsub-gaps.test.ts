@@ -1,10 +1,10 @@
 import { QEEventBus } from '@qe/core';
+import { startRedis } from '@qe/test-utils';
 import { waitFor } from '@qe/transport-conformance';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisPubSubTransport } from '../src/index.js';
 import { REDIS_URL, uniquePrefix } from './helpers.js';
-import { startRedis } from './redis-server.js';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {

@@ -1,11 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QEEventBus } from '@qe/core';
+import { type RedisProcess, startRedis } from '@qe/test-utils';
 import { waitFor } from '@qe/transport-conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport, resolveOptions } from '../src/index.js';
 import { uniquePrefix } from './helpers.js';
-import { type RedisProcess, startRedis } from './redis-server.js';
 
 let master: RedisProcess;
 let sentinel: RedisProcess;
@@ -27,7 +27,7 @@ afterAll(async () => {
 
 async function startRedisSentinel(conf: string, dir: string): Promise<RedisProcess> {
   const { spawn } = await import('node:child_process');
-  const { waitForPort } = await import('./redis-server.js');
+  const { waitForPort } = await import('@qe/test-utils');
   const proc = spawn('redis-server', [conf, '--sentinel', '--port', '7171', '--dir', dir], {
     stdio: 'ignore',
   });

@@ -3,11 +3,11 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QEEventBus } from '@qe/core';
+import { type RedisProcess, startRedis } from '@qe/test-utils';
 import { waitFor } from '@qe/transport-conformance';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport } from '../src/index.js';
 import { uniquePrefix } from './helpers.js';
-import { type RedisProcess, startRedis } from './redis-server.js';
 
 const PORT = 7140;
 let dir: string;

@@ -3,6 +3,7 @@ export {
   deletePrefix,
   REDIS_URL,
   type RedisProcess,
+  startProxy,
   startRedis,
   uniquePrefix,
   waitForPort,
