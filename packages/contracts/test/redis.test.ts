@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { waitFor } from '@qe/transport-conformance';
+import { deletePrefix, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
@@ -27,14 +27,7 @@ afterEach(async () => {
   for (const c of closers.splice(0).reverse()) await c().catch(() => {});
 });
 afterAll(async () => {
-  for (const p of prefixes) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await r.del(...keys);
-    } while (cursor !== '0');
-  }
+  for (const p of prefixes) await deletePrefix(p, URL_);
   r.disconnect();
 });
 

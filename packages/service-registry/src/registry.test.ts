@@ -6,7 +6,7 @@ import {
   MemoryTransport,
   QEEventBus,
 } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { waitFor } from '@qe/test-utils';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import {

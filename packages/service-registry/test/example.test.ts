@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import { deletePrefix } from '@qe/test-utils';
 import { describe, expect, it, vi } from 'vitest';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -8,7 +8,6 @@ describe("the README's example: a service and a client in two processes", () => 
     const prefix = `qe-test:registry-example:${Date.now().toString(36)}`;
     process.env.EXAMPLE_PREFIX = prefix;
     const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-    const r = new Redis(URL_);
     try {
       const { main } = await import('../examples/billing.js');
       const out = await main();
@@ -18,13 +17,7 @@ describe("the README's example: a service and a client in two processes", () => 
       expect(out.answered).toBe(3);
     } finally {
       log.mockRestore();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length) await r.del(...keys);
-      } while (cursor !== '0');
-      r.disconnect();
+      await deletePrefix(prefix, URL_);
     }
   }, 60_000);
 });

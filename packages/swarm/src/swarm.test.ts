@@ -8,7 +8,7 @@ import {
   QEEventBus,
   ValidationError,
 } from '@qe/core';
-import { waitFor } from '@qe/transport-conformance';
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   ConsensusCoordinator,

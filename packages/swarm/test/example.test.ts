@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import { deletePrefix } from '@qe/test-utils';
 import { describe, expect, it, vi } from 'vitest';
 
 const URL_ = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -8,7 +8,6 @@ describe("the README's example: a swarm of workers in two processes", () => {
     const prefix = `qe-test:swarm-example:${Date.now().toString(36)}`;
     process.env.EXAMPLE_PREFIX = prefix;
     const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-    const r = new Redis(URL_);
     try {
       const { main } = await import('../examples/workers.js');
       const { processes, results } = await main();
@@ -16,13 +15,7 @@ describe("the README's example: a swarm of workers in two processes", () => {
       expect(processes).toBe(2);
     } finally {
       log.mockRestore();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length) await r.del(...keys);
-      } while (cursor !== '0');
-      r.disconnect();
+      await deletePrefix(prefix, URL_);
     }
   }, 60_000);
 });
