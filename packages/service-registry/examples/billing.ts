@@ -47,8 +47,11 @@ export async function main(): Promise<{ found: string[]; contracts: string[]; an
     client.watch({ name: 'billing' }, (c) =>
       console.log('watch:', c.kind, c.instance.instanceId, c.instance.version),
     );
-    while (client.find({ name: 'billing', version: '^1.2.0' }).length === 0)
+    const deadline = Date.now() + 30_000;
+    while (client.find({ name: 'billing', version: '^1.2.0' }).length === 0) {
+      if (Date.now() > deadline) throw new Error('the billing service did not register within 30 s');
       await new Promise((r) => setTimeout(r, 50));
+    }
     const found = client
       .find({ name: 'billing', version: '^1.2.0' })
       .map((i) => `${i.instanceId}@${i.version}`);
@@ -65,7 +68,14 @@ export async function main(): Promise<{ found: string[]; contracts: string[]; an
     await sub!.ready; // live before the requests go out, so no invoice is published before it listens
     for (let i = 1; i <= 3; i++)
       await client.send('billing', 'charge', { orderId: `o-${i}`, amount: 100 * i });
-    await done;
+    // bounded, so that a lost answer fails the example (and the finally below stops the service) instead of hanging
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      done,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`only ${answered} of 3 invoices within 30 s`)), 30_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
     return { found, contracts, answered };
   } finally {
     const exited =

@@ -47,7 +47,13 @@ export async function main(): Promise<{ processes: number; results: string[] }> 
   );
   const { bus, node } = await startNode(`main-${process.pid}`);
   try {
-    while (node.listAgents({ status: 'active' }).length < 8) await new Promise((r) => setTimeout(r, 50));
+    // bounded, so that a worker process that never comes up fails the example (the finally stops it) instead of hanging
+    const deadline = Date.now() + 30_000;
+    while (node.listAgents({ status: 'active' }).length < 8) {
+      if (Date.now() > deadline)
+        throw new Error('the 8 agents of both processes did not register within 30 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
     console.log('agents:', node.getOrchestrationStats().totalAgents, 'in 2 processes');
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
