@@ -11,11 +11,11 @@ import { join } from 'node:path';
 import { ContractRegistry, CrossProjectMessenger, hashCredential } from '@qe/contracts';
 import { QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
+import { deletePrefix, REDIS_URL, until } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type SpawnedBroker, startBroker } from './spawn-broker.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = `qe-test:broker-contracts:${Math.random().toString(36).slice(2, 10)}`;
 const dir = mkdtempSync(join(tmpdir(), 'qe-broker-contracts-'));
 let broker: SpawnedBroker | undefined;
@@ -25,31 +25,9 @@ afterAll(async () => {
     broker.child.kill('SIGTERM');
     await broker.exited;
   }
-  const r = new Redis(REDIS_URL);
-  let cursor = '0';
-  do {
-    const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length) await r.unlink(...keys);
-  } while (cursor !== '0');
-  r.disconnect();
+  await deletePrefix(prefix, REDIS_URL);
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function until<T>(
-  read: () => Promise<T>,
-  ok: (v: T) => boolean,
-  what: string,
-  ms = 20_000,
-): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await read();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('broker with contracts and projects (CONTRACTS_SCHEMA_PATH, PROJECTS_FILE)', () => {
   it('refuses a publish that breaks its contract, audits cross-project refusals, shows them on the dashboard', async () => {
@@ -141,6 +119,7 @@ describe('broker with contracts and projects (CONTRACTS_SCHEMA_PATH, PROJECTS_FI
           },
         (a) => a.entries?.length === 3,
         'three audit entries',
+        20_000,
       );
       expect(audit.entries.map((e) => e.outcome)).toEqual(['delivered', 'forbidden_type', 'bad_credential']);
       const dash = await until(
@@ -153,6 +132,7 @@ describe('broker with contracts and projects (CONTRACTS_SCHEMA_PATH, PROJECTS_FI
           },
         (d) => (d.contracts?.crossProject?.messages.forbidden_type ?? 0) === 1,
         'the refusal on the dashboard',
+        20_000,
       );
       expect(dash.contracts.validation.publishRefused).toBe(1);
       expect(dash.contracts.crossProject.messages).toMatchObject({

@@ -9,12 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { type AgentEvent, createEvent, EventPriority } from '@qe/core';
-import { Redis } from 'ioredis';
+import { deletePrefix, REDIS_URL, uniquePrefix, waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { type ComposedEventBus, createEventBus } from '../src/index.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const SECRET = 'bus-spec-000-secret-0123456789abcdefghij';
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
@@ -22,17 +21,8 @@ afterEach(async () => {
 });
 
 function prefix(): string {
-  const p = `qe-test:bus:${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-  cleanups.push(async () => {
-    const r = new Redis(REDIS_URL);
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${p}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await r.unlink(...keys);
-    } while (cursor !== '0');
-    r.disconnect();
-  });
+  const p = uniquePrefix('bus');
+  cleanups.push(() => deletePrefix(p, REDIS_URL));
   return p;
 }
 
@@ -40,14 +30,6 @@ async function started(bus: ComposedEventBus): Promise<ComposedEventBus> {
   await bus.start();
   cleanups.push(() => bus.stop());
   return bus;
-}
-
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 const logger = { debug() {}, info() {}, warn() {}, error() {} };

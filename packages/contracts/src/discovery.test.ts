@@ -1,5 +1,6 @@
 import { QEEventBus } from '@qe/core';
 import { ServiceRegistry } from '@qe/service-registry';
+import { waitFor } from '@qe/test-utils';
 import { afterEach, describe, expect, it } from 'vitest';
 import { discoverContracts } from './discovery.js';
 import { ContractRegistry } from './registry.js';
@@ -8,14 +9,6 @@ const stops: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
   for (const s of stops.splice(0).reverse()) await s();
 });
-
-async function waitFor(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('contracts discovered from @qe/service-registry', () => {
   it('registers what services declare they publish, now and as they come; refusals are counted, not thrown', async () => {

@@ -1,10 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { deletePrefix, waitFor } from '@qe/test-utils';
+import { deletePrefix, startFixture, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
@@ -44,31 +43,12 @@ interface Proc {
 }
 
 function project(p: string, id: string, credential: string): Proc {
-  const proc = spawn(
-    process.execPath,
-    [
-      '--conditions=@qe/source',
-      '--import',
-      'tsx',
-      fileURLToPath(new URL('./fixtures/project.ts', import.meta.url)),
-      URL_,
-      p,
-      id,
-      credential,
-    ],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  children.push(proc);
   const lines: string[] = [];
-  let buf = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      lines.push(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
+  const proc = startFixture(new URL('./fixtures/project.ts', import.meta.url), [URL_, p, id, credential], {
+    stdin: 'pipe',
+    onLine: (line) => lines.push(line),
   });
+  children.push(proc);
   return {
     lines,
     send: (line) => proc.stdin!.write(`${line}\n`),

@@ -1,54 +1,34 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { QEEventBus } from '@qe/core';
-import { type RedisProcess, startRedis } from '@qe/test-utils';
-import { waitFor } from '@qe/transport-conformance';
+import {
+  type RedisProcess,
+  startRedis,
+  type TestCertificate,
+  testCertificate,
+  waitFor,
+} from '@qe/test-utils';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport } from '../src/index.js';
 import { uniquePrefix } from './helpers.js';
 
 const PORT = 7140;
-let dir: string;
+let tls: TestCertificate;
 let server: RedisProcess;
 let ca: Buffer;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'qe-tls-'));
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
-  ca = readFileSync(join(dir, 'cert.pem'));
+  tls = testCertificate();
+  ca = Buffer.from(tls.cert);
   server = await startRedis(PORT, [
     '--port',
     '0',
     '--tls-port',
     String(PORT),
     '--tls-cert-file',
-    join(dir, 'cert.pem'),
+    tls.certFile,
     '--tls-key-file',
-    join(dir, 'key.pem'),
+    tls.keyFile,
     '--tls-ca-cert-file',
-    join(dir, 'cert.pem'),
+    tls.certFile,
     '--tls-auth-clients',
     'no',
   ]);
@@ -56,7 +36,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.stop();
   server?.cleanup();
-  rmSync(dir, { recursive: true, force: true });
+  tls?.cleanup();
 });
 
 describe('TLS', () => {

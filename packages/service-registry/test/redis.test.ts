@@ -1,8 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
 import { QEEventBus } from '@qe/core';
 import { RedisStreamsTransport } from '@qe/redis-transport';
-import { deletePrefix, waitFor } from '@qe/test-utils';
+import { deletePrefix, startFixture, waitFor } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { NoHealthyInstanceError, type ServiceChange, ServiceRegistry } from '../src/index.js';
@@ -23,29 +22,12 @@ afterAll(async () => {
 });
 
 function host(args: string[]) {
-  const proc = spawn(
-    process.execPath,
-    [
-      '--conditions=@qe/source',
-      '--import',
-      'tsx',
-      fileURLToPath(new URL('./fixtures/host.ts', import.meta.url)),
-      'host',
-      ...args,
-    ],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  children.push(proc);
   const lines: string[] = [];
-  let buf = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      lines.push(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
+  const proc = startFixture(new URL('./fixtures/host.ts', import.meta.url), ['host', ...args], {
+    stdin: 'pipe',
+    onLine: (line) => lines.push(line),
   });
+  children.push(proc);
   const exited = new Promise<void>((res) => proc.once('exit', () => res()));
   return {
     send: (line: string) => proc.stdin!.write(`${line}\n`),
