@@ -358,7 +358,13 @@ export class RedisStreamsTransport implements Transport {
     partitionOutages: 0,
   };
   /** Cluster partitions whose node does not answer, since when and why (see `markPartition`). */
-  private readonly partitionsDown = new Map<number, { since: number; error: string }>();
+  private readonly partitionsDown = new Map<number, { since: number; error: string; seen: number }>();
+  /**
+   * Orders what was learnt about partitions: every answer or failure takes the
+   * next number when it arrives, and an answer clears only a failure seen
+   * before it (a probe round that began before an outage must not clear it).
+   */
+  private observations = 0;
   private prober: NodeJS.Timeout | null = null;
   private probing: Promise<void> | null = null;
   /** The last unreplicated write, for health: `{ at, events, acked, wanted }`. */
@@ -488,15 +494,16 @@ export class RedisStreamsTransport implements Transport {
    * Cluster: `err` marks it unavailable (logged and reported as an error once
    * per outage), `null` available again.
    */
-  markPartition(p: number, err: Error | null): void {
+  markPartition(p: number, err: Error | null, seen: number = this.nextObservation()): void {
     if (!this.options.cluster || this.closed) return;
     const was = this.partitionsDown.get(p);
     if (err) {
       if (was) {
         was.error = err.message;
+        was.seen = Math.max(was.seen, seen);
         return;
       }
-      this.partitionsDown.set(p, { since: Date.now(), error: err.message });
+      this.partitionsDown.set(p, { since: Date.now(), error: err.message, seen });
       this.counters.partitionOutages++;
       const { slot, node } = this.partitionWhere(p);
       const down = [...this.partitionsDown.keys()].sort((a, b) => a - b);
@@ -513,7 +520,7 @@ export class RedisStreamsTransport implements Transport {
           { cause: err, details: { partition: p, slot, node, unavailable: down } },
         ),
       );
-    } else if (was) {
+    } else if (was && seen > was.seen) {
       this.partitionsDown.delete(p);
       this.logger.info('redis cluster: partition available again', {
         partition: p,
@@ -522,22 +529,27 @@ export class RedisStreamsTransport implements Transport {
     }
   }
 
+  /** The next observation number (see `markPartition`). */
+  nextObservation(): number {
+    return ++this.observations;
+  }
+
   /** One cheap keyed command (EXISTS) to partition `p`'s node, bounded by `probeTimeoutMs`. */
-  private probePartition(client: RedisClient, p: number): Promise<Error | null> {
+  private probePartition(client: RedisClient, p: number): Promise<{ err: Error | null; seen: number }> {
     const key = this.keys.stream(p, 0);
     const cmd = new LeanCommand('exists', [key], key, false);
     const ms = this.options.probeTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
     return Promise.race([
       dispatch(client, cmd).then(
-        () => null,
-        (e: Error) => e,
+        () => ({ err: null, seen: this.nextObservation() }),
+        (e: Error) => ({ err: e, seen: this.nextObservation() }),
       ),
-      new Promise<Error>((r) => {
+      new Promise<{ err: Error; seen: number }>((r) => {
         timer = setTimeout(() => {
           const e = new Error(`no answer within ${ms} ms`);
           cmd.cancel(e);
-          r(e);
+          r({ err: e, seen: this.nextObservation() });
         }, ms);
       }),
     ]).finally(() => clearTimeout(timer));
@@ -546,17 +558,23 @@ export class RedisStreamsTransport implements Transport {
   /**
    * Probes every partition's node at once (Cluster; every second, and by
    * `healthCheck()`), so an outage is known within about `probeTimeoutMs` even
-   * on a node that only publishes. Concurrent callers share one round.
+   * on a node that only publishes. Concurrent callers share one round;
+   * `fresh` waits for a round that was already under way and runs a new one
+   * (the bound is then twice `probeTimeoutMs`).
    */
-  probePartitions(): Promise<void> {
+  probePartitions(options: { fresh?: boolean } = {}): Promise<void> {
     const client = this.client;
     if (!(client instanceof Cluster) || this.closed) return Promise.resolve();
+    if (options.fresh && this.probing) {
+      // a round already under way may have sent its commands before what the caller wants to know
+      return this.probing.then(() => this.probePartitions());
+    }
     this.probing ??= (async () => {
       try {
-        const errs = await Promise.all(
+        const answers = await Promise.all(
           Array.from({ length: this.keys.partitions }, (_, p) => this.probePartition(client, p)),
         );
-        for (let p = 0; p < errs.length; p++) this.markPartition(p, errs[p] ?? null);
+        for (let p = 0; p < answers.length; p++) this.markPartition(p, answers[p]!.err, answers[p]!.seen);
       } finally {
         this.probing = null;
       }
@@ -1217,7 +1235,7 @@ export class RedisStreamsTransport implements Transport {
     const bound = this.options.probeTimeoutMs;
     const started = performance.now();
     if (client instanceof Cluster) {
-      await this.probePartitions();
+      await this.probePartitions({ fresh: true });
       if (this.partitionsDown.size >= this.keys.partitions)
         return {
           status: 'unhealthy',
@@ -1589,7 +1607,7 @@ class StreamConsumer implements TransportConsumer {
           ['GROUP', this.group, this.me, 'COUNT', this.readCount(), 'STREAMS', ...keys, ...ids],
           keys[0]!,
         );
-        if (backoff > 0) t.markPartition(p, null);
+        if (backoff > 0 || t.isPartitionDown(p)) t.markPartition(p, null);
         backoff = 0;
         const got = r ? this.handleRead(r) : 0;
         if (got === 0) {

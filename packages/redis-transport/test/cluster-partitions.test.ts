@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { type AgentEvent, type EventBusError, QEEventBus } from '@qe/core';
 import { waitFor } from '@qe/transport-conformance';
-import { Cluster } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStreamsTransport, type RedisTransportOptions } from '../src/index.js';
 import { type LocalCluster, startCluster } from './cluster.js';
@@ -117,6 +117,54 @@ describe('cluster: order (issue #22 items 3 and 4)', () => {
       `[order] partitions 1: 0 of 600 out of global order; partitions 6: ${six.outOfGlobalOrder} of 600 behind their predecessor (each agent in order)`,
     );
   }, 60_000);
+});
+
+describe('cluster: health is not cleared by a stale answer (issue #22 item 2)', () => {
+  it('a probe round that began before a failure does not mark the failed partition available', async () => {
+    const b = new QEEventBus({
+      nodeId: 'stale',
+      transport: transport(uniquePrefix('stale'), { probeTimeoutMs: 10_000 }),
+    });
+    await b.start();
+    const t = b.transport as RedisStreamsTransport;
+    const owners = await Promise.all(range(6).map((p) => cluster.owners(t.keys.stream(p, 0))));
+    const p = 0;
+    const slow = owners.find((o) => o.master !== owners[p]!.master)!.master;
+    const onSlow = range(6).filter((q) => owners[q]!.master === slow);
+    const observations = () => (t as unknown as { observations: number }).observations;
+    const pauser = new Redis(slow);
+    try {
+      // the other master answers its probes; the paused one holds the round open
+      await pauser.call('CLIENT', 'PAUSE', '3000', 'ALL');
+      // no round of the transport's own prober under way: ours starts now, after the pause
+      await waitFor(
+        () => (t as unknown as { probing: unknown }).probing === null,
+        'no probe round under way',
+      );
+      const before = observations();
+      let roundDone = false;
+      const round = t.probePartitions().then(() => {
+        roundDone = true;
+      });
+      await waitFor(
+        () => observations() - before >= 6 - onSlow.length,
+        'the probes of the partitions off the paused master answered',
+      );
+      // then a read of partition p fails: that failure is newer than the round's answer for p
+      t.markPartition(p, new Error('read failed after the probe answered'));
+      expect(roundDone).toBe(false);
+      await round;
+      expect(t.isPartitionDown(p)).toBe(true);
+      expect(t.isConnected()).toBe(false);
+      // an answer that arrives after the failure clears it
+      await t.probePartitions();
+      expect(t.isPartitionDown(p)).toBe(false);
+      expect((await t.healthCheck()).status).toBe('healthy');
+    } finally {
+      pauser.disconnect();
+      await b.stop();
+    }
+  }, 30_000);
 });
 
 describe('cluster: a dead master and its replica, nobody taking over its slots (issue #22 items 1 and 2)', () => {
