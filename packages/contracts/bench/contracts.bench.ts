@@ -294,6 +294,17 @@ async function crossProjectLatency(separate: boolean): Promise<LatencyHistogram>
   return hist;
 }
 
+/** ajv on its own: one `registry.check` of each event, no bus (the floor under any validating path). */
+function checkAlone(reg: ContractRegistry, n: number): number {
+  const events = Array.from({ length: n }, (_, i) => ({ type: 'order.created', data: order(i) }));
+  const c0 = process.cpuUsage();
+  let bad = 0;
+  for (const e of events) if (reg.check(e).issues.length) bad++;
+  const cpu = process.cpuUsage(c0);
+  if (bad) throw new Error(`${bad} bench events fail their contract`);
+  return (cpu.user + cpu.system) / n;
+}
+
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const fmt = (x: number) => Math.round(x).toLocaleString('en-US');
 
@@ -313,10 +324,12 @@ for (const kind of TRANSPORTS) {
     await throughput(kind, 'fast', n, -1 - w);
   }
   const rounds = ROUNDS ?? (kind === 'memory' ? 5 : 3);
+  const alone: number[] = [];
   for (let r = 0; r < rounds; r++) {
     off.push(await throughput(kind, false, n, r));
     on.push(await throughput(kind, 'full', n, r));
     onFast.push(await throughput(kind, 'fast', n, r));
+    alone.push(checkAlone(registry, n));
   }
   const a = median(off.map((x) => x.perSec));
   const b = median(on.map((x) => x.perSec));
@@ -333,6 +346,10 @@ for (const kind of TRANSPORTS) {
   );
   console.log(
     `    cost               ${(((a - b) / a) * 100).toFixed(1)} % throughput, ${(((cb - ca) / ca) * 100).toFixed(1)} % CPU per event (aim: under 15 %)`,
+  );
+  const ajv = median(alone);
+  console.log(
+    `    of which           ${ajv.toFixed(2)} µs is one schema check on its own (registry.check, no bus) = ${((ajv / ca) * 100).toFixed(0)} % of the bus's own cost per event${kind === 'memory' ? '; the consume side reuses the publish check (same object, same process)' : ''}`,
   );
   console.log(`  formats: 'fast'      ${fmt(f).padStart(9)} events/s   ${cf.toFixed(2)} µs CPU per event`);
   console.log(

@@ -348,6 +348,38 @@ describe('contractValidation middleware (memory transport)', () => {
     await bus.stop();
   });
 
+  it('an event it passed on publish is not checked again on consume in this process, unless the contracts changed in between', async () => {
+    const { bus, mw, registry } = await setup();
+    const handled: string[] = [];
+    const sub = bus.subscribe('order.**', (e) => void handled.push(e.id));
+    await sub.ready;
+    const first = await bus.publish({
+      type: 'order.created',
+      agentId: 'a',
+      data: { orderId: 'o', amount: 1 },
+    });
+    await expect.poll(() => handled).toEqual([first.id]);
+    expect(mw.stats()).toMatchObject({ checked: 2, passedOnPublish: 1, consumeRejected: 0 });
+    // held back; meanwhile a breaking version becomes the latest: the event is checked again, and fails
+    expect(bus.pause(sub)).toBe(true);
+    const second = await bus.publish({
+      type: 'order.created',
+      agentId: 'a',
+      data: { orderId: 'o', amount: 1 },
+    });
+    await registry.register(
+      { ...ORDER, version: '2.0.0', schema: { type: 'object', required: ['total'] } },
+      { force: true },
+    );
+    bus.resume(sub);
+    await expect
+      .poll(async () => (await bus.deadLetters!.list()).map((d) => d.event.id))
+      .toEqual([second.id]);
+    expect(handled).toEqual([first.id]);
+    expect(mw.stats()).toMatchObject({ passedOnPublish: 1, consumeRejected: 1 });
+    await bus.stop();
+  });
+
   it('consumers accept a version range; requireContract refuses uncovered types; bad options are ConfigErrors', async () => {
     const { bus, registry } = await setup({ publish: false, accept: { 'order.created': '^1' } });
     await registry.register({ ...ORDER, version: '2.0.0', schema: true }, { force: true });

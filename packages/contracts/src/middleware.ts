@@ -49,6 +49,52 @@ export interface ContractValidationStats {
   versionRejected: number;
   /** Events whose type no contract covers. */
   uncovered: number;
+  /**
+   * Consumed events whose schema check was not repeated: this middleware had
+   * passed the same event object on publish in this process (the in-memory
+   * transport delivers it by reference), under the same registry revision.
+   */
+  passedOnPublish: number;
+}
+
+/** How many of the latest events passed on publish the consume side looks back through. */
+const PASSED_KEPT = 256;
+
+/**
+ * The latest events this middleware passed on publish, by object, with the
+ * registry revision and contract version they passed under: a ring of plain
+ * arrays searched newest first. On the in-memory transport an event is
+ * consumed a moment after it is published, so it is found a few steps back; an
+ * event that is not found is simply checked again. (A WeakMap or a Map per
+ * event cost the garbage collector more than the check they saved.)
+ */
+class RecentlyPassed {
+  private readonly events: (AgentEvent | undefined)[];
+  private readonly revisions: number[];
+  private readonly versions: string[];
+  private next = 0;
+  constructor(private readonly size: number) {
+    this.events = new Array(size).fill(undefined);
+    this.revisions = new Array(size).fill(0);
+    this.versions = new Array(size).fill('');
+  }
+  set(e: AgentEvent, revision: number, version: string): void {
+    const i = this.next;
+    this.events[i] = e;
+    this.revisions[i] = revision;
+    this.versions[i] = version;
+    this.next = i + 1 === this.size ? 0 : i + 1;
+  }
+  /** The version `e` passed under, if it passed at `revision` and is still remembered. */
+  versionOf(e: AgentEvent, revision: number): string | undefined {
+    for (let k = 1, i = this.next; k <= this.size; k++) {
+      i = i === 0 ? this.size - 1 : i - 1;
+      const x = this.events[i];
+      if (x === e) return this.revisions[i] === revision ? this.versions[i] : undefined;
+      if (x === undefined) return undefined;
+    }
+    return undefined;
+  }
 }
 
 const KEYS = ['registry', 'strict', 'publish', 'consume', 'accept', 'requireContract', 'logger'];
@@ -99,6 +145,22 @@ export function contractValidation(options: ContractValidationOptions): Contract
     consumeRejected: 0,
     versionRejected: 0,
     uncovered: 0,
+    passedOnPublish: 0,
+  };
+  const passed = new RecentlyPassed(PASSED_KEPT);
+  const outsideRange = (event: AgentEvent, version: string) => {
+    const range = ranges.length ? rangeFor(event.type) : undefined;
+    if (!range || range.test(version)) return;
+    stats.consumeRejected++;
+    stats.versionRejected++;
+    throw new ContractViolationError(event.type, version, [
+      {
+        path: '/metadata/version',
+        message: `version ${version} is outside the accepted range ${range.source}`,
+        keyword: 'acceptRange',
+        params: { version, range: range.source },
+      },
+    ]);
   };
 
   const m: ContractValidationMiddleware = {
@@ -124,8 +186,11 @@ export function contractValidation(options: ContractValidationOptions): Contract
           logger.warn('event without a contract published', { type: e.type, id: e.id });
           continue;
         }
-        if (r.issues.length === 0) continue;
         const version = e.metadata?.version ?? r.contract.version;
+        if (r.issues.length === 0) {
+          passed.set(e, registry.revision, version);
+          continue;
+        }
         if (strict) {
           stats.publishRefused++;
           throw new SchemaValidationError(e.type, version, r.issues);
@@ -143,6 +208,12 @@ export function contractValidation(options: ContractValidationOptions): Contract
   if (options.consume !== false)
     m.consume = (next) => (event: AgentEvent, ctx) => {
       stats.checked++;
+      const known = passed.versionOf(event, registry.revision);
+      if (known !== undefined) {
+        stats.passedOnPublish++;
+        outsideRange(event, known);
+        return next(event, ctx);
+      }
       const r = registry.check(event);
       if (!r.contract) {
         stats.uncovered++;
@@ -155,19 +226,7 @@ export function contractValidation(options: ContractValidationOptions): Contract
         return next(event, ctx);
       }
       const version = event.metadata?.version ?? r.contract.version;
-      const range = ranges.length ? rangeFor(event.type) : undefined;
-      if (range && !range.test(version)) {
-        stats.consumeRejected++;
-        stats.versionRejected++;
-        throw new ContractViolationError(event.type, version, [
-          {
-            path: '/metadata/version',
-            message: `version ${version} is outside the accepted range ${range.source}`,
-            keyword: 'acceptRange',
-            params: { version, range: range.source },
-          },
-        ]);
-      }
+      outsideRange(event, version);
       if (r.issues.length) {
         stats.consumeRejected++;
         throw new ContractViolationError(event.type, version, r.issues);
