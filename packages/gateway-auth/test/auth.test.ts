@@ -191,7 +191,26 @@ describe('safe JSON', () => {
     expect(parseJsonSafe('{"a":[1,{"b":2}]}')).toEqual({ a: [1, { b: 2 }] });
     for (const bad of ['{"__proto__":{"x":1}}', '{"a":{"constructor":{"prototype":{}}}}', '{"prototype":1}'])
       expect(() => parseJsonSafe(bad)).toThrow(expect.objectContaining({ code: 'VALIDATION' }));
+    // a key spelt with escapes is the same key once parsed
+    for (const bad of [
+      '{"\\u005f_proto__":{"x":1}}',
+      '{"a":{"constr\\u0075ctor":1}}',
+      '{"protot\\u0079pe":1}',
+    ])
+      expect(() => parseJsonSafe(bad), bad).toThrow(expect.objectContaining({ code: 'VALIDATION' }));
+    // the words as values, and escapes in values, are fine
+    expect(parseJsonSafe('{"a":"constructor","b":"\\u00e9t\\u00e9"}')).toEqual({
+      a: 'constructor',
+      b: 'été',
+    });
     expect(() => parseJsonSafe('{not json')).toThrow(/malformed JSON/);
+    // nesting is bounded whether or not the text holds brackets inside strings
+    expect(() => parseJsonSafe(`{"s":"${'['.repeat(100)}","v":${'['.repeat(70)}${']'.repeat(70)}}`)).toThrow(
+      /nested deeper/,
+    );
+    expect(parseJsonSafe(`{"s":"${'['.repeat(100)}","v":[[1]]}`)).toEqual({ s: '['.repeat(100), v: [[1]] });
+    expect(parseJsonSafe('['.repeat(65) + ']'.repeat(65))).toBeDefined();
+    expect(() => parseJsonSafe('['.repeat(66) + ']'.repeat(66))).toThrow(/nested deeper/);
     expect(() => parseJsonSafe('['.repeat(100) + ']'.repeat(100))).toThrow(/nested deeper/);
     expect(({} as Record<string, unknown>).x).toBeUndefined();
   });

@@ -113,10 +113,9 @@ interface Conn {
   /** Cancels the token-expiry close. */
   expiry: (() => void) | null;
   seq: number;
-}
-
-function reply(ws: WebSocket, msg: unknown): void {
-  if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(msg));
+  /** The upgraded TCP (or TLS) socket: corked while a burst of deliveries is written. */
+  socket: Socket;
+  corked: boolean;
 }
 
 function errorBody(err: unknown): { code: string; message: string; details?: Record<string, unknown> } {
@@ -251,6 +250,8 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
         lastSeen: Date.now(),
         expiry: null,
         seq: 0,
+        socket,
+        corked: false,
       };
       // any valid exp, also past Node's ~24.8-day timer range
       if (expiresAt > 0) c.expiry = scheduleExpiry(expiresAt, () => ws.close(1008, 'token expired'));
@@ -335,7 +336,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
       msg = parsed as Record<string, unknown>;
     } catch (err) {
       stats.errors.malformed++;
-      return reply(c.ws, { op: 'error', error: errorBody(err) });
+      return reply(c, { op: 'error', error: errorBody(err) });
     }
     const id = typeof msg.id === 'string' || typeof msg.id === 'number' ? msg.id : undefined;
     try {
@@ -360,7 +361,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
       if (wait > 0) throw new RateLimitedError('message rate limit exceeded', wait);
       switch (msg.op) {
         case 'ping':
-          return reply(c.ws, { op: 'pong', id });
+          return reply(c, { op: 'pong', id });
         case 'publish': {
           const batch = Array.isArray(msg.events);
           const events = (batch ? msg.events : [msg.event]) as { type?: unknown }[];
@@ -375,7 +376,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
             ? await o.bus.publishBatch(events as unknown as Parameters<QEEventBus['publishBatch']>[0])
             : [await o.bus.publish(events[0] as Parameters<QEEventBus['publish']>[0])];
           stats.published += out.length;
-          return reply(c.ws, { op: 'ack', id, ids: out.map((e) => e.id) });
+          return reply(c, { op: 'ack', id, ids: out.map((e) => e.id) });
         }
         case 'subscribe': {
           const patterns = typeof msg.patterns === 'string' ? [msg.patterns] : msg.patterns;
@@ -401,20 +402,53 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
           subId = u.id;
           c.subs.set(subId, u);
           await u.ready;
-          return reply(c.ws, { op: 'ack', id, subscription: subId });
+          return reply(c, { op: 'ack', id, subscription: subId });
         }
         case 'unsubscribe': {
           const u = typeof msg.subscription === 'string' ? c.subs.get(msg.subscription) : undefined;
           if (!u) throw new ValidationError('subscription', 'not a subscription of this connection');
           u();
           c.subs.delete(msg.subscription as string);
-          return reply(c.ws, { op: 'ack', id });
+          return reply(c, { op: 'ack', id });
         }
       }
     } catch (err) {
       if (!(err instanceof ValidationError && (err as ValidationError).field === 'op')) count(err);
-      reply(c.ws, { op: 'error', ...(id === undefined ? {} : { id }), error: errorBody(err) });
+      reply(c, { op: 'error', ...(id === undefined ? {} : { id }), error: errorBody(err) });
     }
+  };
+
+  // Deliveries of one tick to one client go out in one write: the socket is corked at the first
+  // and uncorked once the tick's work is done (each ws.send alone is a syscall; under load that
+  // was the broker's largest cost).
+  const corked: Conn[] = [];
+  const uncorkAll = () => {
+    for (const c of corked) {
+      c.corked = false;
+      c.socket.uncork();
+    }
+    corked.length = 0;
+  };
+  const sendFrame = (c: Conn, frame: string) => {
+    if (!c.corked) {
+      c.corked = true;
+      c.socket.cork();
+      if (corked.push(c) === 1) process.nextTick(uncorkAll);
+    }
+    c.ws.send(frame);
+  };
+  const reply = (c: Conn, msg: unknown) => {
+    if (c.ws.readyState === c.ws.OPEN) sendFrame(c, JSON.stringify(msg));
+  };
+  // an event delivered to several clients in a row is serialised once
+  let lastEvent: AgentEvent | undefined;
+  let lastEventJson = '';
+  const eventJson = (event: AgentEvent) => {
+    if (event !== lastEvent) {
+      lastEventJson = JSON.stringify(event);
+      lastEvent = event;
+    }
+    return lastEventJson;
   };
 
   let deliverySeq = 0;
@@ -436,7 +470,10 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     }
     stats.delivered++;
     if (!needsAck) {
-      c.ws.send(JSON.stringify({ op: 'event', subscription, event }));
+      sendFrame(
+        c,
+        `{"op":"event","subscription":${JSON.stringify(subscription)},"event":${eventJson(event)}}`,
+      );
       return;
     }
     const delivery = `d${++deliverySeq}`;
@@ -446,7 +483,10 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
         reject(new TimeoutError(`client did not ack ${delivery} within ${ackTimeoutMs} ms`));
       }, ackTimeoutMs);
       c.pending.set(delivery, { resolve, reject, timer });
-      c.ws.send(JSON.stringify({ op: 'event', subscription, event, delivery }));
+      sendFrame(
+        c,
+        `{"op":"event","subscription":${JSON.stringify(subscription)},"event":${eventJson(event)},"delivery":"${delivery}"}`,
+      );
     });
   };
 
