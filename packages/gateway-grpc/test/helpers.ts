@@ -30,6 +30,9 @@ export const token = (claims: Record<string, unknown>, exp: string | number = '5
     .setExpirationTime(exp)
     .sign(new TextEncoder().encode(SECRET));
 
+/** grpc-js shares one connection between clients of the same target unless told otherwise. */
+export const OWN_CONNECTION = { 'grpc.use_local_subchannel_pool': 1 };
+
 let seq = 0;
 /** A started bus and a gateway on a free port, both closed after the test; `client()` opens closed-after-test clients. */
 export async function setup(extra: GrpcGatewayOptions = {}, busConfig: Partial<QEEventBusConfig> = {}) {
@@ -39,7 +42,8 @@ export async function setup(extra: GrpcGatewayOptions = {}, busConfig: Partial<Q
   const gw = await createGrpcGateway(bus, { port: 0, ...extra });
   onCleanup(() => gw.close());
   const client = (opts: Partial<GrpcClientOptions> = {}) => {
-    const c = createGrpcClient({ url: `127.0.0.1:${gw.port}`, ...opts });
+    // each client on its own connection, as separate processes would be (grpc-js shares one per target otherwise)
+    const c = createGrpcClient({ url: `127.0.0.1:${gw.port}`, channelOptions: OWN_CONNECTION, ...opts });
     onCleanup(() => c.close());
     return c;
   };
@@ -50,11 +54,18 @@ type RawCall = (...args: unknown[]) => unknown;
 /** A plain grpc-js client of `qe.v1.EventBus`, for what the small client does not expose (raw streams, deadlines). */
 export function rawClient(port: number, creds: ChannelCredentials = credentials.createInsecure()) {
   const pkg = loadPackageDefinition(packageDefinition()) as unknown as {
-    qe: { v1: { EventBus: new (t: string, c: ChannelCredentials) => Client } };
-    grpc: { health: { v1: { Health: new (t: string, c: ChannelCredentials) => Client } } };
+    qe: { v1: { EventBus: new (t: string, c: ChannelCredentials, o: object) => Client } };
+    grpc: { health: { v1: { Health: new (t: string, c: ChannelCredentials, o: object) => Client } } };
   };
-  const c = new pkg.qe.v1.EventBus(`127.0.0.1:${port}`, creds) as unknown as Record<string, RawCall> & Client;
-  const h = new pkg.grpc.health.v1.Health(`127.0.0.1:${port}`, creds) as unknown as Record<string, RawCall> &
+  const c = new pkg.qe.v1.EventBus(`127.0.0.1:${port}`, creds, OWN_CONNECTION) as unknown as Record<
+    string,
+    RawCall
+  > &
+    Client;
+  const h = new pkg.grpc.health.v1.Health(`127.0.0.1:${port}`, creds, OWN_CONNECTION) as unknown as Record<
+    string,
+    RawCall
+  > &
     Client;
   onCleanup(() => {
     c.close();
