@@ -16,8 +16,6 @@ export interface GrpcGatewayStats {
     validation: number;
     forbidden: number;
     rateLimited: number;
-    /** Messages over `maxMessageBytes` (refused by grpc-js before they are buffered). */
-    tooLarge: number;
     /** Calls whose deadline passed before the gateway answered. */
     deadline: number;
     other: number;
@@ -40,7 +38,6 @@ export function emptyStats(): GrpcGatewayStats {
       validation: 0,
       forbidden: 0,
       rateLimited: 0,
-      tooLarge: 0,
       deadline: 0,
       other: 0,
     },
