@@ -12,6 +12,7 @@ import {
   toError,
   ValidationError,
 } from '@qe/core';
+import { createGrpcGateway, type GrpcGateway } from '@qe/gateway-grpc';
 import { createHttpGateway, type HttpGateway } from '@qe/gateway-http';
 import { createWebSocketGateway, type WebSocketGateway } from '@qe/gateway-ws';
 import { createHealthMonitor, createPrometheusMiddleware } from '@qe/metrics';
@@ -46,6 +47,8 @@ export interface Broker {
   readonly port: number;
   /** The HTTP gateway's base URL (its own port), or '' when it is off. */
   readonly httpGatewayUrl: string;
+  /** The gRPC gateway's `host:port`, or '' when it is off (`GRPC_GATEWAY_PORT` unset). */
+  readonly grpcGatewayAddress: string;
   /** Connects the bus, subscribes the monitor, listens. Rejects (and cleans up) if any step fails. */
   start(): Promise<void>;
   /**
@@ -331,12 +334,18 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
   let buckets: TokenBucketStore | null = null;
   let httpGateway: HttpGateway | null = null;
   let httpGatewayUrl = '';
+  let grpcGateway: GrpcGateway | null = null;
+  let grpcGatewayAddress = '';
   monitor.addSource({ name: 'http-gateway (SSE)', connections: () => httpGateway?.stats().sseClients ?? 0 });
   monitor.addSource({
     name: 'websocket',
     connections: () => wsGateway?.stats().connections ?? 0,
   });
   monitor.addSource({ name: 'http', connections: () => openSockets.size });
+  monitor.addSource({
+    name: 'grpc (subscriptions)',
+    connections: () => grpcGateway?.stats().subscriptions ?? 0,
+  });
   const openSockets = new Set<import('node:net').Socket>();
   server.on('connection', (s) => {
     openSockets.add(s);
@@ -357,6 +366,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
     get httpGatewayUrl() {
       return httpGatewayUrl;
     },
+    get grpcGatewayAddress() {
+      return grpcGatewayAddress;
+    },
     async start() {
       await contracts.startRegistry(); // contracts loaded before the bus takes events
       await bus.start();
@@ -371,6 +383,18 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         const rl = config.rateLimit;
         if (rl.httpMaxRequests > 0 || rl.wsMaxMessagesPerPrincipal > 0)
           buckets = sharedBuckets(config, () => redis.get());
+        // messages per window per connection and per principal: the WebSocket and gRPC gateways share the settings
+        const messageRateLimit =
+          rl.wsMaxMessages > 0
+            ? {
+                windowMs: rl.windowMs,
+                maxMessages: rl.wsMaxMessages,
+                ...(rl.wsMaxMessagesPerPrincipal > 0
+                  ? { perPrincipal: { windowMs: rl.windowMs, maxMessages: rl.wsMaxMessagesPerPrincipal } }
+                  : {}),
+                ...(buckets ? { store: buckets } : {}),
+              }
+            : undefined;
         if (config.ws.enabled)
           wsGateway = await createWebSocketGateway({
             bus,
@@ -380,18 +404,19 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
             maxPayload: config.ws.maxPayloadBytes,
             ...(config.ws.allowedOrigins.length > 0 ? { allowedOrigins: config.ws.allowedOrigins } : {}),
             ...(auth ? { auth } : {}),
-            ...(rl.wsMaxMessages > 0
-              ? {
-                  rateLimit: {
-                    windowMs: rl.windowMs,
-                    maxMessages: rl.wsMaxMessages,
-                    ...(rl.wsMaxMessagesPerPrincipal > 0
-                      ? { perPrincipal: { windowMs: rl.windowMs, maxMessages: rl.wsMaxMessagesPerPrincipal } }
-                      : {}),
-                    ...(buckets ? { store: buckets } : {}),
-                  },
-                }
-              : {}),
+            ...(messageRateLimit ? { rateLimit: messageRateLimit } : {}),
+          });
+        const grpc = config.grpcGateway;
+        if (grpc)
+          grpcGateway = await createGrpcGateway(bus, {
+            host: config.host,
+            port: grpc.port,
+            maxMessageBytes: config.ws.maxPayloadBytes,
+            closeTimeoutMs: Math.max(1, Math.min(config.shutdownTimeoutMs, 5000)),
+            ...(auth ? { auth } : {}),
+            ...(messageRateLimit ? { rateLimit: messageRateLimit } : {}),
+          }).catch((err) => {
+            throw bindError('gRPC gateway', config.host, String(grpc.port), err);
           });
         // always built: the broker mounts its dead-letter routes; it listens only when enabled
         const g = config.httpGateway;
@@ -436,6 +461,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         monitor.stop();
         healthMonitor.stop();
         await wsGateway?.close().catch(() => {});
+        await grpcGateway?.close().catch(() => {});
         await httpGateway?.close().catch(() => {});
         await bus.stop().catch(() => {});
         await contracts.close();
@@ -445,6 +471,8 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
       port = (server.address() as AddressInfo).port;
       const shownHost = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
       url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${port}`;
+      if (grpcGateway)
+        grpcGatewayAddress = `${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${grpcGateway.port}`;
       if (httpGateway && config.httpGateway.enabled) {
         const scheme = config.httpGateway.tlsKeyFile ? 'https' : 'http';
         httpGatewayUrl = `${scheme}://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${httpGateway.port}`;
@@ -458,6 +486,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         url,
         ...(wsGateway ? { websocket: `${url.replace(/^http/, 'ws')}${config.ws.path}` } : {}),
         ...(httpGatewayUrl ? { httpGateway: httpGatewayUrl } : {}),
+        ...(grpcGatewayAddress ? { grpcGateway: grpcGatewayAddress } : {}),
         ...(httpGateway?.h2cPort === undefined
           ? {}
           : {
@@ -481,6 +510,9 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
         await wsGateway
           ?.close()
           .catch((e) => logger.warn('websocket gateway close failed', { error: toError(e).message }));
+        await grpcGateway
+          ?.close()
+          .catch((e) => logger.warn('grpc gateway close failed', { error: toError(e).message }));
         await httpGateway
           ?.close()
           .catch((e) => logger.warn('http gateway close failed', { error: toError(e).message }));

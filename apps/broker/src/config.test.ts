@@ -13,6 +13,16 @@ function problems(fn: () => unknown): string[] {
 }
 
 describe('loadBrokerConfig', () => {
+  it('serves gRPC only when GRPC_GATEWAY_PORT is set, and refuses a bad port', () => {
+    expect(loadBrokerConfig({ env: {} }).grpcGateway).toBeUndefined();
+    expect(loadBrokerConfig({ env: { GRPC_GATEWAY_PORT: '50051' } }).grpcGateway).toEqual({ port: 50051 });
+    expect(loadBrokerConfig({ env: { GRPC_GATEWAY_PORT: '0' } }).grpcGateway).toEqual({ port: 0 });
+    for (const bad of ['70000', '-1', 'grpc', '1.5'])
+      expect(problems(() => loadBrokerConfig({ env: { GRPC_GATEWAY_PORT: bad } }))).toEqual([
+        expect.stringMatching(/^GRPC_GATEWAY_PORT=.*: must be an integer from 0 to 65535/),
+      ]);
+  });
+
   it('defaults to the in-memory transport on port 3000', () => {
     const c = loadBrokerConfig({ env: {} });
     expect(c.redis).toBeNull();

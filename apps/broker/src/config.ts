@@ -57,6 +57,12 @@ export interface BrokerConfig {
     tlsCertFile?: string;
   };
   /**
+   * The gRPC gateway (`@qe/gateway-grpc`) on its own port; absent (the
+   * default) when `GRPC_GATEWAY_PORT` is unset. Same host, tokens and message
+   * limits as the WebSocket gateway.
+   */
+  grpcGateway?: { port: number };
+  /**
    * Per-principal request and message limits of both gateways, shared through
    * Redis across broker instances when Redis is configured. 0 turns a limit off.
    */
@@ -139,6 +145,7 @@ export const CONFIG_FILE_KEYS = {
   httpGatewayH2cPort: 'HTTP_GATEWAY_H2C_PORT',
   httpGatewayTlsKey: 'HTTP_GATEWAY_TLS_KEY',
   httpGatewayTlsCert: 'HTTP_GATEWAY_TLS_CERT',
+  grpcGatewayPort: 'GRPC_GATEWAY_PORT',
   metricsPrefix: 'METRICS_PREFIX',
   alertMaxErrorRate: 'ALERT_MAX_ERROR_RATE',
   alertMaxLatency: 'ALERT_MAX_LATENCY',
@@ -395,6 +402,9 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     problems.push(
       `HOST=${host}: listening beyond this machine without authentication (accepted: set JWT_SECRET, or ALLOW_INSECURE_REMOTE=true to accept an open broker, or a loopback HOST such as 127.0.0.1)`,
     );
+  const grpcGateway = raw.has('GRPC_GATEWAY_PORT')
+    ? { port: int('GRPC_GATEWAY_PORT', 0, 0, 65535, ' (0 = any free port; unset = no gRPC gateway)') }
+    : undefined;
   const h2cRaw = raw.get('HTTP_GATEWAY_H2C_PORT');
   if (h2cRaw !== undefined)
     httpGateway.h2cPort = int('HTTP_GATEWAY_H2C_PORT', 0, 0, 65535, ' (0 = any free port)');
@@ -434,6 +444,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     circuitBreaker,
     ws,
     httpGateway,
+    ...(grpcGateway === undefined ? {} : { grpcGateway }),
     metricsPrefix,
     alerts,
     rateLimit,
