@@ -408,7 +408,8 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
           });
         const grpc = config.grpcGateway;
         if (grpc)
-          grpcGateway = await createGrpcGateway(bus, {
+          grpcGateway = await createGrpcGateway({
+            bus,
             host: config.host,
             port: grpc.port,
             maxMessageBytes: config.ws.maxPayloadBytes,

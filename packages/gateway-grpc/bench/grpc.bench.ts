@@ -81,7 +81,7 @@ async function bare(): Promise<number> {
 async function throughGateway(): Promise<number> {
   const bus = new QEEventBus({ nodeId: 'bench', backpressure: { maxQueueSize: 100_000 } });
   await bus.start();
-  const gw = await createGrpcGateway(bus, { port: 0 });
+  const gw = await createGrpcGateway({ bus, port: 0 });
   const rate = await drive(gw.port);
   await gw.close();
   await bus.stop();

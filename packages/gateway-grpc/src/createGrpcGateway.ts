@@ -26,6 +26,8 @@ import { subscribeStream } from './subscribe.js';
 export type { GrpcGatewayStats } from './context.js';
 
 export interface GrpcGatewayOptions {
+  /** The bus it serves. */
+  bus: QEEventBus;
   /** Default 50051; 0 picks a free port. */
   port?: number;
   /** Default `127.0.0.1`: this machine only. */
@@ -72,6 +74,7 @@ export interface GrpcGatewayOptions {
 }
 
 const OPTION_KEYS = [
+  'bus',
   'port',
   'host',
   'tls',
@@ -171,11 +174,10 @@ function validate(bus: QEEventBus, o: GrpcGatewayOptions): void {
  * INVALID_ARGUMENT and never reach other clients. Rejects with `CONFIG` for
  * an unknown or bad option and with the bind error when the port is taken.
  */
-export async function createGrpcGateway(
-  bus: QEEventBus,
-  options: GrpcGatewayOptions = {},
-): Promise<GrpcGateway> {
+export async function createGrpcGateway(options: GrpcGatewayOptions): Promise<GrpcGateway> {
+  if (options === null || typeof options !== 'object') throw new ConfigError('options', 'must be an object');
   const o = options;
+  const bus = o.bus;
   validate(bus, o);
   const verify = o.auth ? createTokenVerifier(o.auth.jwt) : undefined;
   const stats = emptyStats();

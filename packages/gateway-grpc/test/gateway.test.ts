@@ -216,30 +216,30 @@ describe('gRPC gateway', () => {
 
   it('refuses unknown or bad options with CONFIG, and a port in use with the bind error', async () => {
     const bus = new QEEventBus({ nodeId: 'grpc-cfg' });
-    await expect(createGrpcGateway(bus, { port: 0, maxSubscribers: 3 } as never)).rejects.toMatchObject({
+    await expect(createGrpcGateway({ bus, port: 0, maxSubscribers: 3 } as never)).rejects.toMatchObject({
       code: 'CONFIG',
       details: { setting: 'maxSubscribers' },
     });
     await expect(
-      createGrpcGateway(bus, { port: 0, slowClientPolicy: 'ignore' as never }),
+      createGrpcGateway({ bus, port: 0, slowClientPolicy: 'ignore' as never }),
     ).rejects.toMatchObject({
       code: 'CONFIG',
     });
-    await expect(createGrpcGateway(bus, { port: 0, maxBufferedBytes: 0 })).rejects.toMatchObject({
+    await expect(createGrpcGateway({ bus, port: 0, maxBufferedBytes: 0 })).rejects.toMatchObject({
       code: 'CONFIG',
     });
     await expect(
-      createGrpcGateway(bus, { port: 0, rateLimit: { windowMs: 0, maxMessages: 5 } }),
+      createGrpcGateway({ bus, port: 0, rateLimit: { windowMs: 0, maxMessages: 5 } }),
     ).rejects.toMatchObject({ code: 'CONFIG' });
     await expect(
-      createGrpcGateway(bus, { port: 0, tls: { key: 'k', cert: 'c', pem: 'x' } as never }),
+      createGrpcGateway({ bus, port: 0, tls: { key: 'k', cert: 'c', pem: 'x' } as never }),
     ).rejects.toMatchObject({ code: 'CONFIG', details: { setting: 'tls.pem' } });
-    await expect(createGrpcGateway({} as QEEventBus)).rejects.toMatchObject({ code: 'CONFIG' });
+    await expect(createGrpcGateway({} as never)).rejects.toMatchObject({ code: 'CONFIG' });
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
     onCleanup(() => new Promise((r) => blocker.close(r)));
     const taken = (blocker.address() as net.AddressInfo).port;
-    await expect(createGrpcGateway(bus, { port: taken })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(createGrpcGateway({ bus, port: taken })).rejects.toMatchObject({ code: 'EADDRINUSE' });
   });
 
   it('ends open streams with UNAVAILABLE on close', async () => {
