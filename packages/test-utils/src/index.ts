@@ -5,6 +5,7 @@ export {
   type RedisProcess,
   startProxy,
   startRedis,
+  type TcpProxy,
   uniquePrefix,
   waitForPort,
 } from './redis.js';
