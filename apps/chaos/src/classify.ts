@@ -120,8 +120,9 @@ interface EventState {
  */
 export function classify(input: ClassifyInput): Classification {
   const windows = [...input.faults].sort((a, b) => a.start - b.start);
+  // the latest fault that started (less the margin) before t and whose margin after its heal covers t
   const windowOf = (t: number) =>
-    windows.find((w) => t >= w.start - input.beforeMs && t <= w.end + input.afterMs);
+    windows.findLast((w) => t >= w.start - input.beforeMs && t <= w.end + input.afterMs);
   const perFault = windows.map((w) => ({ label: faultLabel(w), window: w, counts: zero() }));
   const steady = { label: 'none', counts: zero() };
   const bucket = (t: number, strict: boolean) => {
