@@ -1,7 +1,8 @@
 /**
  * A producer or consumer process of a chaos run (started by the coordinator
  * with `startFixture`): `child.ts <producer|group|broadcast> <name> <incarnation>`.
- * Environment: CHAOS_REDIS_URL, CHAOS_PREFIX, CHAOS_DIR, CHAOS_RATE, CHAOS_CLAIM_IDLE_MS.
+ * Environment: CHAOS_REDIS_URL (or CHAOS_CLUSTER_NODES, JSON), CHAOS_PREFIX, CHAOS_DIR, CHAOS_RATE,
+ * CHAOS_CLAIM_IDLE_MS.
  * stdout: `{"ready":true}` once running, `{"mem":{...}}` every second.
  * stdin: one `ChildCommand` per line. Everything it does goes to its ledger file.
  */
@@ -25,6 +26,9 @@ const env = (k: string) => {
 const dir = env('CHAOS_DIR');
 const ledger = new LedgerWriter(join(dir, 'ledger', `${name}.${inc}.jsonl`));
 const logFile = join(dir, 'logs', `${name}.log`);
+const clusterNodes = process.env.CHAOS_CLUSTER_NODES
+  ? (JSON.parse(process.env.CHAOS_CLUSTER_NODES) as { host: string; port: number }[])
+  : undefined;
 const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
 // --- in-process faults -------------------------------------------------------
@@ -33,10 +37,16 @@ let slowMs = 0;
 let poisonLeft = 0;
 let hog: number[][] = [];
 let hogTimer: NodeJS.Timeout | null = null;
+/**
+ * Fills the V8 heap to 80% of the old-space limit the coordinator set
+ * (`--max-old-space-size`, CHAOS_HEAP_MB) with 1 MB chunks of doubles (a
+ * Buffer would be off-heap), leaving the bus about 50 MB. Not
+ * `heap_size_limit`: that counts the young generation too (448 MB for a
+ * 256 MB old space), and filling to a share of it ran the process out of memory.
+ */
+const heapTarget = 0.8 * Number(env('CHAOS_HEAP_MB')) * 1_048_576;
 const fillHeap = () => {
-  const limit = getHeapStatistics().heap_size_limit;
-  // 1 MB of doubles per chunk, on the V8 heap (a Buffer would be off-heap)
-  while (process.memoryUsage().heapUsed < limit * 0.85) hog.push(new Array(131_072).fill(Math.random()));
+  while (process.memoryUsage().heapUsed < heapTarget) hog.push(new Array(131_072).fill(Math.random()));
 };
 function onCommand(c: ChildCommand): void {
   if (c.cmd === 'slow') slowMs = c.ms;
@@ -74,7 +84,10 @@ const logger: Logger = { debug: () => {}, info: log('info'), warn: log('warn'), 
 const bus = new QEEventBus({
   nodeId: `chaos-${name}`,
   transport: createRedisTransport({
-    url: env('CHAOS_REDIS_URL'),
+    ...(clusterNodes
+      ? // on the Cluster, publish resolves only once a replica has the write, so a failover cannot lose it
+        { cluster: { nodes: clusterNodes }, replicas: { wait: 1, timeoutMs: 1000 } }
+      : { url: env('CHAOS_REDIS_URL') }),
     keyPrefix: env('CHAOS_PREFIX'),
     claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
     publishTimeoutMs: 3000,
@@ -140,7 +153,7 @@ async function runProducer(): Promise<void> {
 }
 
 async function runConsumer(): Promise<void> {
-  const sub = role === 'group' ? 'group:workers' : `broadcast:${name}`;
+  const sub = role === 'group' ? `${clusterNodes ? 'cluster:' : ''}group:workers` : `broadcast:${name}`;
   const unsub = bus.subscribe(
     'chaos.**',
     async (ev: AgentEvent, ctx: ConsumeContext) => {

@@ -13,8 +13,23 @@ const clean = (key: string, t: number): LedgerRecord[] => [
   { k: 'h', key, id: `id-${key}`, sub: 'group:workers', node: 'g0', att: 1, t: t + 5, ok: true },
   { k: 'h', key, id: `id-${key}`, sub: 'broadcast:b0', node: 'b0', att: 1, t: t + 6, ok: true },
 ];
-const handle = (key: string, sub: string, t: number, extra: Partial<Extract<LedgerRecord, { k: 'h' }>> = {}) =>
-  ({ k: 'h', key, id: `id-${key}`, sub, node: sub === 'broadcast:b0' ? 'b0' : 'g1', att: 2, t, ok: true, ...extra }) as LedgerRecord;
+const handle = (
+  key: string,
+  sub: string,
+  t: number,
+  extra: Partial<Extract<LedgerRecord, { k: 'h' }>> = {},
+) =>
+  ({
+    k: 'h',
+    key,
+    id: `id-${key}`,
+    sub,
+    node: sub === 'broadcast:b0' ? 'b0' : 'g1',
+    att: 2,
+    t,
+    ok: true,
+    ...extra,
+  }) as LedgerRecord;
 
 const input = (records: LedgerRecord[], o: Partial<ClassifyInput> = {}): ClassifyInput => ({
   records,
@@ -37,18 +52,34 @@ describe('classify', () => {
     ] satisfies LedgerRecord[];
     const c = classify(input(records));
     expect(c.verdict).toEqual({ pass: true, reasons: [] });
-    expect(c.totals).toMatchObject({ published: 3, acknowledged: 2, failed: 1, lost: 0, duplicated: 0, unexpected: 0 });
+    expect(c.totals).toMatchObject({
+      published: 3,
+      acknowledged: 2,
+      failed: 1,
+      lost: 0,
+      duplicated: 0,
+      unexpected: 0,
+    });
     expect(c.perFault[0]!.counts).toMatchObject({ published: 2, acknowledged: 1, failed: 1 });
     expect(c.perFault.at(-1)!.label).toBe('none');
   });
 
   it('finds an acknowledged event one subscription set never handled: lost, attributed to its fault, verdict fails', () => {
-    const records = [...clean('p0.0.0', 1000), ...clean('p0.0.1', 11_000).filter((r) => !(r.k === 'h' && r.sub === 'broadcast:b0'))];
+    const records = [
+      ...clean('p0.0.0', 1000),
+      ...clean('p0.0.1', 11_000).filter((r) => !(r.k === 'h' && r.sub === 'broadcast:b0')),
+    ];
     const c = classify(input(records));
     expect(c.totals.lost).toBe(1);
     expect(c.perFault[0]!.counts.lost).toBe(1);
     expect(c.anomalies).toEqual([
-      expect.objectContaining({ kind: 'lost', key: 'p0.0.1', sub: 'broadcast:b0', fault: '#0 kill-consumer@g0', allowed: false }),
+      expect.objectContaining({
+        kind: 'lost',
+        key: 'p0.0.1',
+        sub: 'broadcast:b0',
+        fault: '#0 kill-consumer@g0',
+        allowed: false,
+      }),
     ]);
     expect(c.verdict.pass).toBe(false);
     expect(c.verdict.reasons).toEqual(['1 acknowledged events lost with AOF appendfsync always (must be 0)']);
@@ -65,7 +96,9 @@ describe('classify', () => {
     expect(outside.anomalies[0]).toMatchObject({ kind: 'duplicate', fault: 'none', allowed: false });
     expect(outside.verdict.reasons).toEqual(['1 duplicates outside any fault window']);
 
-    const newId = classify(input([...clean('p0.0.1', 11_000), handle('p0.0.1', 'group:workers', 14_000, { id: 'other' })]));
+    const newId = classify(
+      input([...clean('p0.0.1', 11_000), handle('p0.0.1', 'group:workers', 14_000, { id: 'other' })]),
+    );
     expect(newId.verdict.reasons).toEqual(['1 duplicates with a different event id (not removable by id)']);
   });
 
@@ -107,13 +140,21 @@ describe('classify', () => {
 
   it('without persistence: allows a loss in a redis-kill window the bus signalled, fails a silent one', () => {
     const lostAt = (t: number) => [...clean('p0.0.0', t)].filter((r) => r.k !== 'h');
-    const signal: LedgerRecord = { k: 'log', node: 'g0', lvl: 'warn', msg: 'consumer group missing; re-creating', t: 31_500 };
+    const signal: LedgerRecord = {
+      k: 'log',
+      node: 'g0',
+      lvl: 'warn',
+      msg: 'consumer group missing; re-creating',
+      t: 31_500,
+    };
     const signalled = classify(input([...lostAt(29_500), signal], { persistence: 'none' }));
     expect(signalled.totals).toMatchObject({ lost: 2, lostSignalled: 2 });
     expect(signalled.verdict.pass).toBe(true);
 
     const silent = classify(input(lostAt(29_500), { persistence: 'none' }));
-    expect(silent.verdict.reasons).toEqual(['2 acknowledged events lost silently (outside a signalled Redis data wipe)']);
+    expect(silent.verdict.reasons).toEqual([
+      '2 acknowledged events lost silently (outside a signalled Redis data wipe)',
+    ]);
     // the same signal does not excuse a loss in another fault's window
     const elsewhere = classify(input([...lostAt(11_000), signal], { persistence: 'none' }));
     expect(elsewhere.verdict.pass).toBe(false);
@@ -122,7 +163,13 @@ describe('classify', () => {
   });
 
   it('fails on a process exit no fault caused, except under memory pressure on that process', () => {
-    const pressure: FaultWindow = { index: 2, name: 'memory-pressure', target: 'g1', start: 40_000, end: 45_000 };
+    const pressure: FaultWindow = {
+      index: 2,
+      name: 'memory-pressure',
+      target: 'g1',
+      start: 40_000,
+      end: 45_000,
+    };
     const exits = [
       { node: 'g1', t: 42_000, code: null, signal: 'SIGABRT' },
       { node: 'b0', t: 60_000, code: 1, signal: null },

@@ -28,8 +28,12 @@ export interface ClassifyInput {
   records: readonly LedgerRecord[];
   faults: readonly FaultWindow[];
   deadLetters: readonly DeadLetterRecord[];
-  /** The subscription sets that must each handle every acknowledged event (e.g. `group:workers`, `broadcast:b0`). */
-  expectedSubs: readonly string[];
+  /**
+   * The subscription sets that must each handle every acknowledged event
+   * (e.g. `group:workers`, `broadcast:b0`), or a function giving them for the
+   * producer that published it (a Cluster's producers feed other consumers).
+   */
+  expectedSubs: readonly string[] | ((producer: string) => readonly string[]);
   /** `aof` (appendfsync always): no acknowledged event may be lost. `none`: only where a Redis restart wiped data, signalled. */
   persistence: 'aof' | 'none';
   /** An anomaly this long before a fault's start, or after its heal, is attributed to it. */
@@ -164,7 +168,8 @@ export function classify(input: ClassifyInput): Classification {
     }
   }
   for (const d of input.deadLetters) state(d.key).dead.add(d.sub);
-  const expected = new Set(input.expectedSubs);
+  const expectedOf = (producer: string): ReadonlySet<string> =>
+    new Set(typeof input.expectedSubs === 'function' ? input.expectedSubs(producer) : input.expectedSubs);
   const wipeSignalled = (w: FaultWindow | undefined) =>
     w !== undefined &&
     w.name === 'redis-kill' &&
@@ -180,6 +185,7 @@ export function classify(input: ClassifyInput): Classification {
       continue;
     }
     const t = s.p.t;
+    const expected = expectedOf(s.p.node);
     add('published', t);
     if (s.acked) add('acknowledged', t);
     else if (s.failed) add('failed', t);

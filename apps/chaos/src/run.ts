@@ -2,7 +2,7 @@ import { appendFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from '
 import { join, resolve } from 'node:path';
 import { epochNow, QEEventBus } from '@qe/core';
 import { createRedisTransport } from '@qe/redis-transport';
-import { startProxy, startRedis } from '@qe/test-utils';
+import { type LocalCluster, startCluster, startProxy, startRedis } from '@qe/test-utils';
 import type { ChaosOptions } from './args.js';
 import {
   type Classification,
@@ -17,14 +17,16 @@ import { parseLines, readLedger } from './ledger.js';
 import { handledEvents, perSecond, recoveries, recoveryThresholdMs } from './metrics.js';
 import { type MemorySample, writeReport } from './report.js';
 import { buildSchedule } from './schedule.js';
-import { ChildProc, faultWorld, redisControl } from './world.js';
+import { ChildProc, clusterControl, faultWorld, redisControl } from './world.js';
 
 /** Entries a dead consumer held are claimed by a live one after this idle time (the transport option). */
 const CLAIM_IDLE_MS = 2000;
 /** An anomaly this long before a fault or after its heal is attributed to it (a claim needs 1-2 idle periods). */
 const BEFORE_MS = 1000;
 const AFTER_MS = 4 * CLAIM_IDLE_MS + 4000;
-const EXPECTED_SUBS = ['group:workers', 'broadcast:b0'];
+/** Who must handle each event: the single node's consumers, or for the Cluster's producer (`cp0`) the Cluster's. */
+const expectedSubs = (producer: string) =>
+  producer.startsWith('c') ? ['cluster:group:workers', 'broadcast:cb0'] : ['group:workers', 'broadcast:b0'];
 
 export interface ChaosResult {
   dir: string;
@@ -34,11 +36,15 @@ export interface ChaosResult {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
-/** Every dead letter of the run, as (event key, subscription set). */
-async function deadLetters(redisUrl: string, keyPrefix: string): Promise<DeadLetterRecord[]> {
+/** Every dead letter of one Redis (the single node, or the Cluster), as (event key, subscription set). */
+async function deadLettersOf(
+  where: { url: string } | { cluster: { nodes: { host: string; port: number }[] } },
+  keyPrefix: string,
+): Promise<DeadLetterRecord[]> {
+  const groupSub = 'cluster' in where ? 'cluster:group:' : 'group:';
   const bus = new QEEventBus({
     nodeId: 'chaos-coordinator',
-    transport: createRedisTransport({ url: redisUrl, keyPrefix }),
+    transport: createRedisTransport({ ...where, keyPrefix }),
   });
   await bus.start();
   try {
@@ -48,7 +54,9 @@ async function deadLetters(redisUrl: string, keyPrefix: string): Promise<DeadLet
       const page = await bus.deadLetters!.list(after ? { limit: 1000, after } : { limit: 1000 });
       for (const d of page) {
         const key = (d.event.data as { key?: string }).key ?? '?';
-        const sub = d.group ? `group:${d.group}` : `broadcast:${(d.nodeId ?? '').replace(/^chaos-/, '')}`;
+        const sub = d.group
+          ? `${groupSub}${d.group}`
+          : `broadcast:${(d.nodeId ?? '').replace(/^chaos-/, '')}`;
         out.push({ key, sub, t: d.deadAt });
       }
       if (page.length < 1000) return out;
@@ -76,15 +84,16 @@ export async function runChaos(
   mkdirSync(join(dir, 'ledger'), { recursive: true });
   mkdirSync(join(dir, 'logs'), { recursive: true });
   const topology: Topology = {
-    producers: ['p0', 'p1'],
-    consumers: ['g0', 'g1', 'b0'],
+    producers: o.cluster ? ['p0', 'p1', 'cp0'] : ['p0', 'p1'],
+    consumers: o.cluster ? ['g0', 'g1', 'b0', 'cg0', 'cb0'] : ['g0', 'g1', 'b0'],
     persistence: o.persistence,
-    cluster: false,
+    cluster: o.cluster,
   };
   const faults = selectFaults(o.faults);
   const schedule = buildSchedule({ seed: o.seed, durationMs: o.durationMs, faults, topology });
   writeFileSync(join(dir, 'schedule.json'), `${JSON.stringify(schedule, null, 2)}\n`);
   const notes: string[] = [];
+  let t0 = epochNow();
   const exits: UnexpectedExit[] = [];
   const windows: FaultWindow[] = [];
 
@@ -101,9 +110,23 @@ export async function runChaos(
     rate: o.rate,
     claimIdleMs: CLAIM_IDLE_MS,
   };
+  // the Cluster: 3 masters + 3 replicas, AOF always on every node, on base+10.. (cluster bus +10000)
+  const cluster: LocalCluster | undefined = o.cluster
+    ? await startCluster(o.basePort + 10, {
+        args: ['--cluster-require-full-coverage', 'no', '--appendonly', 'yes', '--appendfsync', 'always'],
+      })
+    : undefined;
+  const clusterEnv = cluster ? { ...env, clusterNodes: cluster.nodes } : env;
+  const deadLetters = async () => [
+    ...(await deadLettersOf({ url: `redis://127.0.0.1:${o.basePort}` }, keyPrefix)),
+    ...(cluster ? await deadLettersOf({ cluster: { nodes: cluster.nodes } }, keyPrefix) : []),
+  ];
   const children = new Map<string, ChildProc>();
   const onExit = (e: UnexpectedExit) => {
     exits.push(e);
+    notes.push(
+      `${e.node} exited with no fault killing it at ${((e.t - t0) / 1000).toFixed(1)} s (code ${e.code}, signal ${e.signal}); restarted`,
+    );
     log(`[chaos] ${e.node} exited unexpectedly (code ${e.code}, signal ${e.signal}); restarting`);
   };
   children.set('g0', new ChildProc('g0', 'group', env, onExit));
@@ -111,10 +134,16 @@ export async function runChaos(
   children.set('b0', new ChildProc('b0', 'broadcast', env, onExit));
   children.set('p0', new ChildProc('p0', 'producer', env, onExit));
   children.set('p1', new ChildProc('p1', 'producer', env, onExit));
+  if (cluster) {
+    children.set('cg0', new ChildProc('cg0', 'group', clusterEnv, onExit));
+    children.set('cb0', new ChildProc('cb0', 'broadcast', clusterEnv, onExit));
+    children.set('cp0', new ChildProc('cp0', 'producer', clusterEnv, onExit));
+  }
   const killAll = () => {
     for (const c of children.values()) c.killNow();
     try {
       server.proc.kill('SIGKILL');
+      for (const s of cluster?.servers ?? []) s.proc.kill('SIGKILL');
     } catch {}
   };
   process.once('exit', killAll);
@@ -132,13 +161,17 @@ export async function runChaos(
       .catch(() => {});
   }, 2000);
 
-  let t0 = epochNow();
   try {
     for (const n of topology.consumers) await children.get(n)!.start();
     await Promise.all(topology.producers.map((n) => children.get(n)!.start()));
     t0 = epochNow();
     log(`[chaos] seed ${o.seed}: ${schedule.length} faults over ${o.durationMs / 1000} s; results in ${dir}`);
-    const world: FaultWorld = faultWorld(children, redis, proxy);
+    const world: FaultWorld = faultWorld(
+      children,
+      redis,
+      proxy,
+      cluster ? clusterControl(cluster) : undefined,
+    );
     for (const plan of schedule) {
       await sleep(t0 + plan.atMs - epochNow());
       const fault = faults.find((f) => f.name === plan.fault)!;
@@ -171,12 +204,12 @@ export async function runChaos(
     let lastLost = Number.POSITIVE_INFINITY;
     let lastProgress = epochNow();
     for (;;) {
-      const dl = await deadLetters(`redis://127.0.0.1:${o.basePort}`, keyPrefix).catch(() => []);
+      const dl = await deadLetters().catch(() => []);
       const c = classify({
         records: readLedger(join(dir, 'ledger')),
         faults: windows,
         deadLetters: dl,
-        expectedSubs: EXPECTED_SUBS,
+        expectedSubs,
         persistence: o.persistence,
         beforeMs: BEFORE_MS,
         afterMs: AFTER_MS,
@@ -199,7 +232,8 @@ export async function runChaos(
     clearInterval(memTimer);
     for (const c of children.values()) await c.stop(3000);
   }
-  const dl = await deadLetters(`redis://127.0.0.1:${o.basePort}`, keyPrefix);
+  const dl = await deadLetters();
+  await cluster?.stop();
   redis.close();
   await proxy.close();
   await server.stop('SIGTERM');
@@ -211,7 +245,7 @@ export async function runChaos(
     records,
     faults: windows,
     deadLetters: dl,
-    expectedSubs: EXPECTED_SUBS,
+    expectedSubs,
     persistence: o.persistence,
     beforeMs: BEFORE_MS,
     afterMs: AFTER_MS,

@@ -2,7 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { FAULTS, selectFaults, type Topology } from './faults/index.js';
 import { buildSchedule } from './schedule.js';
 
-const topology: Topology = { producers: ['p0', 'p1'], consumers: ['g0', 'g1', 'b0'], persistence: 'aof', cluster: false };
+const topology: Topology = {
+  producers: ['p0', 'p1'],
+  consumers: ['g0', 'g1', 'b0'],
+  persistence: 'aof',
+  cluster: false,
+};
 const opts = (seed: number, durationMs = 120_000) => ({ seed, durationMs, faults: FAULTS, topology });
 
 describe('buildSchedule', () => {
@@ -35,10 +40,16 @@ describe('buildSchedule', () => {
     const s = buildSchedule({ seed: 5, durationMs: 1_800_000, faults, topology });
     expect(new Set(s.map((f) => f.fault))).toEqual(new Set(['kill-consumer', 'poison']));
     const all = buildSchedule(opts(5, 1_800_000));
-    expect(new Set(all.map((f) => f.fault))).toEqual(new Set(FAULTS.map((f) => f.name)));
+    const single = FAULTS.filter((f) => f.targets(topology).length > 0).map((f) => f.name);
+    expect(new Set(all.map((f) => f.fault))).toEqual(new Set(single));
+    expect(single).not.toContain('cluster-failover');
+    const withCluster = buildSchedule({ ...opts(5, 1_800_000), topology: { ...topology, cluster: true } });
+    expect(new Set(withCluster.map((f) => f.fault))).toEqual(new Set(FAULTS.map((f) => f.name)));
   });
 
   it('rejects an unknown fault name, naming the known ones', () => {
-    expect(() => selectFaults(['kill-everything'])).toThrow(/unknown fault kill-everything; known: kill-consumer/);
+    expect(() => selectFaults(['kill-everything'])).toThrow(
+      /unknown fault kill-everything; known: kill-consumer/,
+    );
   });
 });

@@ -2,17 +2,27 @@ import type { ChildProcess } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { epochNow } from '@qe/core';
-import { type RedisProcess, startFixture, type TcpProxy } from '@qe/test-utils';
+import { type LocalCluster, type RedisProcess, startFixture, type TcpProxy } from '@qe/test-utils';
 import { Redis } from 'ioredis';
 import type { UnexpectedExit } from './classify.js';
-import type { ChildCommand, ChildControl, FaultWorld, RedisControl } from './faults/index.js';
+import type { ChildCommand, ChildControl, ClusterControl, FaultWorld, RedisControl } from './faults/index.js';
 
 const CHILD = new URL('./child.ts', import.meta.url);
+/** Old-space limit of every child (the memory-pressure fault fills 80% of it). */
+const CHILD_HEAP_MB = 256;
+
+/**
+ * A key in each shard of a 3-master Cluster formed by redis-cli (slots
+ * 0-5460, 5461-10922, 10923-16383): `b` hashes to slot 3300, `c` to 7365, `a` to 15495.
+ */
+const SHARD_SLOT_KEYS = ['b', 'c', 'a'] as const;
 
 /** What every child of a run shares. */
 export interface ChildEnv {
   dir: string;
   redisUrl: string;
+  /** Set for the children of the Cluster: its seed nodes. */
+  clusterNodes?: { host: string; port: number }[];
   keyPrefix: string;
   rate: number;
   claimIdleMs: number;
@@ -53,10 +63,12 @@ export class ChildProc implements ChildControl {
       env: {
         CHAOS_DIR: this.env.dir,
         CHAOS_REDIS_URL: this.env.redisUrl,
+        CHAOS_CLUSTER_NODES: this.env.clusterNodes ? JSON.stringify(this.env.clusterNodes) : undefined,
         CHAOS_PREFIX: this.env.keyPrefix,
         CHAOS_RATE: String(this.env.rate),
         CHAOS_CLAIM_IDLE_MS: String(this.env.claimIdleMs),
-        NODE_OPTIONS: '--max-old-space-size=256',
+        NODE_OPTIONS: `--max-old-space-size=${CHILD_HEAP_MB}`,
+        CHAOS_HEAP_MB: String(CHILD_HEAP_MB),
       },
       onLine: (line) => this.onLine(line),
     });
@@ -146,8 +158,10 @@ export function faultWorld(
   children: ReadonlyMap<string, ChildProc>,
   redis: RedisControl,
   proxy: TcpProxy,
+  cluster?: ClusterControl,
 ): FaultWorld {
   return {
+    ...(cluster ? { cluster } : {}),
     child(name) {
       const c = children.get(name);
       if (!c) throw new Error(`no process ${name}`);
@@ -155,5 +169,56 @@ export function faultWorld(
     },
     redis,
     proxy,
+  };
+}
+
+/** The Cluster control faults use: shards by slot, nodes by port, processes by PID. */
+export function clusterControl(cluster: LocalCluster): ClusterControl {
+  const shardOwners = (shard: number) => cluster.owners(`{${SHARD_SLOT_KEYS[shard]}}`);
+  const roleOf = async (port: number) => {
+    const r = new Redis({ port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    r.on('error', () => {});
+    try {
+      await r.connect();
+      return /role:(\w+)/.exec(await r.info('replication'))?.[1] ?? '?';
+    } catch {
+      return 'down';
+    } finally {
+      r.disconnect();
+    }
+  };
+  const until = async (what: string, cond: () => Promise<boolean>, timeoutMs = 20_000) => {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await cond())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  return {
+    async failover(shard) {
+      const { master, replicas } = await shardOwners(shard);
+      const replica = replicas[0];
+      if (replica === undefined) throw new Error(`shard ${shard} (master ${master}) has no replica`);
+      const r = new Redis({ port: replica, maxRetriesPerRequest: 1 });
+      r.on('error', () => {});
+      try {
+        await r.cluster('FAILOVER');
+      } finally {
+        r.disconnect();
+      }
+      await until(`${replica} to become master`, async () => (await roleOf(replica)) === 'master');
+      return `${master}->${replica}`;
+    },
+    async killMaster(shard) {
+      const { master, replicas } = await shardOwners(shard);
+      const server = cluster.server(master);
+      await server.stop('SIGKILL');
+      return async () => {
+        // the replica must have taken over before the old master returns (it then rejoins as a replica)
+        if (replicas[0] !== undefined)
+          await until(`${replicas[0]} to take over`, async () => (await roleOf(replicas[0]!)) === 'master');
+        await server.restart();
+      };
+    },
   };
 }

@@ -1,3 +1,4 @@
+export { type ClusterShape, type LocalCluster, startCluster } from './cluster.js';
 export { exited, type FixtureOptions, startFixture } from './process.js';
 export {
   deletePrefix,

@@ -38,10 +38,12 @@ export interface RedisControl {
   call(...args: (string | number)[]): Promise<unknown>;
 }
 
-/** The 3+3 Cluster, when the run has one. */
+/** The 3+3 Cluster, when the run has one. Shard `i` (0..2) is the master serving slot `i * 5461`, whichever node that is now. */
 export interface ClusterControl {
-  /** Promotes a replica of the master that serves `slotOwnerIndex` (0..2) with CLUSTER FAILOVER; resolves when done. */
-  failover(masterIndex: number): Promise<string>;
+  /** `CLUSTER FAILOVER` on a replica of shard `i`'s master; resolves once the replica reports itself master. Returns `old->new` ports. */
+  failover(shard: number): Promise<string>;
+  /** SIGKILL of shard `i`'s master (its replica takes over after the node timeout); the heal restarts it (it rejoins as a replica). */
+  killMaster(shard: number): Promise<() => Promise<void>>;
 }
 
 /** What a fault may touch: a narrow context, not the whole run. */

@@ -1,3 +1,4 @@
+import { clusterFailover, clusterMasterKill } from './cluster.js';
 import type { Fault } from './fault.js';
 import { clockJump, memoryPressure, poison, slowHandler } from './in-process.js';
 import { connectionReset, networkStall } from './network.js';
@@ -7,6 +8,7 @@ import { clientPause, redisKill } from './redis.js';
 export type {
   ChildCommand,
   ChildControl,
+  ClusterControl,
   Fault,
   FaultWorld,
   Heal,
@@ -29,6 +31,8 @@ export const FAULTS: readonly Fault[] = [
   poison,
   clockJump,
   memoryPressure,
+  clusterFailover,
+  clusterMasterKill,
 ];
 
 /** The faults named (all when `names` is empty); throws naming an unknown one. */
