@@ -8,7 +8,7 @@ import type { UnexpectedExit } from './classify.js';
 import type { ChildCommand, ChildControl, ClusterControl, FaultWorld, RedisControl } from './faults/index.js';
 
 const CHILD = new URL('./child.ts', import.meta.url);
-/** Old-space limit of every child (the memory-pressure fault fills 80% of it). */
+/** Old-space limit of every child (the memory-pressure fault fills 60% of it). */
 const CHILD_HEAP_MB = 256;
 
 /**

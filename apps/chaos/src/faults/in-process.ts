@@ -43,10 +43,10 @@ export const clockJump: Fault = {
   },
 };
 
-/** One process fills its V8 heap to 80% of its old-space limit (children run with a 256 MB old space) and holds it. */
+/** One process fills its V8 heap to 60% of its old-space limit (children run with a 256 MB old space) and holds it. */
 export const memoryPressure: Fault = {
   name: 'memory-pressure',
-  summary: 'one process fills its heap to 80% of its 256 MB old-space limit and holds it for a while',
+  summary: 'one process fills its heap to 60% of its 256 MB old-space limit and holds it for a while',
   targets: (t) => [...t.producers, ...t.consumers],
   durationMs: [3000, 8000],
   async inject(world, plan) {
