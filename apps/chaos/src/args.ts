@@ -13,6 +13,8 @@ export interface ChaosOptions {
   basePort: number;
   /** Also run a 3+3 Redis Cluster with its own producer and consumers. */
   cluster: boolean;
+  /** Also run a producer and a broadcast consumer on Redis pub/sub (at-most-once). */
+  pubsub: boolean;
 }
 
 export class UsageError extends Error {}
@@ -27,7 +29,7 @@ export function parseDuration(text: string): number {
 }
 
 export const USAGE = `qe-chaos [--duration 2m] [--seed N] [--faults a,b,...] [--out dir]
-         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster]
+         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster] [--pubsub]
 
 Runs producers and consumers of QE Event Bus on Redis in child processes, injects
 faults from a schedule drawn from --seed, writes a ledger of every event and a
@@ -43,12 +45,13 @@ export function parseArgs(argv: readonly string[]): ChaosOptions {
     rate: 40,
     basePort: 18600,
     cluster: false,
+    pubsub: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     if (flag === '--') continue;
-    if (flag === '--cluster') {
-      o.cluster = true;
+    if (flag === '--cluster' || flag === '--pubsub') {
+      o[flag === '--cluster' ? 'cluster' : 'pubsub'] = true;
       continue;
     }
     const value = argv[++i];

@@ -2,7 +2,7 @@
  * A producer or consumer process of a chaos run (started by the coordinator
  * with `startFixture`): `child.ts <producer|group|broadcast> <name> <incarnation>`.
  * Environment: CHAOS_REDIS_URL (or CHAOS_CLUSTER_NODES, JSON), CHAOS_PREFIX, CHAOS_DIR, CHAOS_RATE,
- * CHAOS_CLAIM_IDLE_MS.
+ * CHAOS_CLAIM_IDLE_MS, CHAOS_MODE (`pubsub` for Redis pub/sub).
  * stdout: `{"ready":true}` once running, `{"mem":{...}}` every second.
  * stdin: one `ChildCommand` per line. Everything it does goes to its ledger file.
  */
@@ -29,6 +29,14 @@ const logFile = join(dir, 'logs', `${name}.log`);
 const clusterNodes = process.env.CHAOS_CLUSTER_NODES
   ? (JSON.parse(process.env.CHAOS_CLUSTER_NODES) as { host: string; port: number }[])
   : undefined;
+/** `CHAOS_MODE=pubsub`: this process's bus is on Redis pub/sub (at-most-once) instead of Streams. */
+const pubsub = process.env.CHAOS_MODE === 'pubsub';
+const subName =
+  role === 'group'
+    ? `${clusterNodes ? 'cluster:' : ''}group:workers`
+    : role === 'broadcast'
+      ? `broadcast:${name}`
+      : '';
 const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
 // --- in-process faults -------------------------------------------------------
@@ -85,15 +93,22 @@ const logger: Logger = { debug: () => {}, info: log('info'), warn: log('warn'), 
 
 const bus = new QEEventBus({
   nodeId: `chaos-${name}`,
-  transport: createRedisTransport({
-    ...(clusterNodes
-      ? // on the Cluster, publish resolves only once a replica has the write, so a failover cannot lose it
-        { cluster: { nodes: clusterNodes }, replicas: { wait: 1, timeoutMs: 1000 } }
-      : { url: env('CHAOS_REDIS_URL') }),
-    keyPrefix: env('CHAOS_PREFIX'),
-    claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
-    publishTimeoutMs: 3000,
-  }),
+  transport: pubsub
+    ? createRedisTransport({
+        mode: 'pubsub',
+        url: env('CHAOS_REDIS_URL'),
+        keyPrefix: env('CHAOS_PREFIX'),
+        publishTimeoutMs: 3000,
+      })
+    : createRedisTransport({
+        ...(clusterNodes
+          ? // on the Cluster, publish resolves only once a replica has the write, so a failover cannot lose it
+            { cluster: { nodes: clusterNodes }, replicas: { wait: 1, timeoutMs: 1000 } }
+          : { url: env('CHAOS_REDIS_URL') }),
+        keyPrefix: env('CHAOS_PREFIX'),
+        claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
+        publishTimeoutMs: 3000,
+      }),
   freezeEvents: false,
   retryAttempts: 2,
   retryDelay: 50,
@@ -101,6 +116,10 @@ const bus = new QEEventBus({
   logger,
 });
 bus.on('error', (err: Error) => log('error')(`bus error: ${err.message}`));
+// pub/sub keeps no dead letters to read back, so every process notes its own
+bus.on('deadLetter', (d: { event: AgentEvent }) =>
+  ledger.write({ k: 'd', key: (d.event.data as { key: string }).key, sub: subName, t: epochNow() }),
+);
 
 const stopping = new AbortController();
 let driving: Promise<unknown> = Promise.resolve();
@@ -155,7 +174,7 @@ async function runProducer(): Promise<void> {
 }
 
 async function runConsumer(): Promise<void> {
-  const sub = role === 'group' ? `${clusterNodes ? 'cluster:' : ''}group:workers` : `broadcast:${name}`;
+  const sub = subName;
   const unsub = bus.subscribe(
     'chaos.**',
     async (ev: AgentEvent, ctx: ConsumeContext) => {

@@ -181,4 +181,51 @@ describe('classify', () => {
     ]);
     expect(c.verdict.reasons).toEqual(['1 process exits no fault caused']);
   });
+
+  it('pub/sub (at-most-once): a loss is allowed and counted, a duplicate fails even inside a fault window', () => {
+    const ps = (key: string, t: number): LedgerRecord[] => [
+      { k: 'p', key, t, node: 'sp0' },
+      { k: 'a', key, t: t + 1 },
+    ];
+    const atMostOnce = (producer: string) => producer === 'sp0';
+    const expectedSubs = (producer: string) => (producer === 'sp0' ? ['broadcast:s0'] : SUBS);
+    const gap: LedgerRecord = {
+      k: 'log',
+      node: 's0',
+      lvl: 'warn',
+      msg: 'redis pub/sub: subscriber connection lost; events published until it is back are lost',
+      t: 11_200,
+    };
+    const lost = classify(
+      input([...ps('sp0.0.0', 11_000), gap, ...clean('p0.0.0', 1000)], { atMostOnce, expectedSubs }),
+    );
+    expect(lost.totals).toMatchObject({ lost: 1, lostAtMostOnce: 1 });
+    expect(lost.anomalies[0]).toMatchObject({
+      kind: 'lost',
+      allowed: true,
+      detail: 'at-most-once, gap logged',
+    });
+    expect(lost.verdict.pass).toBe(true);
+
+    const twice = classify(
+      input(
+        [
+          ...ps('sp0.0.1', 11_000),
+          handle('sp0.0.1', 'broadcast:s0', 11_010, { node: 's0' }),
+          handle('sp0.0.1', 'broadcast:s0', 11_020, { node: 's0' }),
+        ],
+        { atMostOnce, expectedSubs },
+      ),
+    );
+    expect(twice.verdict.reasons).toEqual(['1 duplicates of at-most-once (pub/sub) events']);
+  });
+
+  it('takes dead letters from the ledger too (pub/sub has no store to read back)', () => {
+    const poison: LedgerRecord[] = [
+      { k: 'p', key: 'p1.0.0', t: 5000, node: 'p1', poison: true },
+      { k: 'a', key: 'p1.0.0', t: 5001 },
+      ...SUBS.map((sub): LedgerRecord => ({ k: 'd', key: 'p1.0.0', sub, t: 5100 })),
+    ];
+    expect(classify(input(poison)).totals).toMatchObject({ deadLettered: 2, lost: 0 });
+  });
 });

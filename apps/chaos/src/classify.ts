@@ -34,6 +34,12 @@ export interface ClassifyInput {
    * producer that published it (a Cluster's producers feed other consumers).
    */
   expectedSubs: readonly string[] | ((producer: string) => readonly string[]);
+  /**
+   * Producers whose events travel an at-most-once transport (Redis pub/sub):
+   * their losses are allowed and counted (`lostAtMostOnce`), marked signalled
+   * when a process logged a subscriber gap in the window; a duplicate of theirs fails.
+   */
+  atMostOnce?: (producer: string) => boolean;
   /** `aof` (appendfsync always): no acknowledged event may be lost. `none`: only where a Redis restart wiped data, signalled. */
   persistence: 'aof' | 'none';
   /** An anomaly this long before a fault's start, or after its heal, is attributed to it. */
@@ -54,6 +60,8 @@ export interface Counts {
   lost: number;
   /** Of `lost`, losses the verdict allows: a Redis restart without persistence that the bus signalled. */
   lostSignalled: number;
+  /** Of `lost`, losses of at-most-once events (pub/sub): allowed by its contract. */
+  lostAtMostOnce: number;
   /** Successful handler calls beyond the first of an event in one subscription set. */
   duplicated: number;
   /** Events dead-lettered (one per subscription set). */
@@ -91,6 +99,7 @@ const zero = (): Counts => ({
   failed: 0,
   lost: 0,
   lostSignalled: 0,
+  lostAtMostOnce: 0,
   duplicated: 0,
   deadLettered: 0,
   unexpected: 0,
@@ -101,6 +110,8 @@ export const faultLabel = (w: FaultWindow) => `#${w.index} ${w.name}@${w.target}
 
 /** The log line a Streams consumer writes when Redis lost its groups (restart without persistence). */
 const WIPE_SIGNAL = /consumer group missing|NOGROUP/;
+/** The log line the pub/sub transport writes when its subscriber connection dropped (events in the gap are lost). */
+const GAP_SIGNAL = /subscriber connection lost/;
 
 interface EventState {
   p?: Extract<LedgerRecord, { k: 'p' }>;
@@ -159,6 +170,7 @@ export function classify(input: ClassifyInput): Classification {
     if (r.k === 'log') logs.push(r);
     else if (r.k === 'p') state(r.key).p = r;
     else if (r.k === 'a') state(r.key).acked = true;
+    else if (r.k === 'd') state(r.key).dead.add(r.sub);
     else if (r.k === 'f') state(r.key).failed = r;
     else if (r.k === 'h') {
       const s = state(r.key);
@@ -186,6 +198,7 @@ export function classify(input: ClassifyInput): Classification {
     }
     const t = s.p.t;
     const expected = expectedOf(s.p.node);
+    const atMostOnce = input.atMostOnce?.(s.p.node) ?? false;
     add('published', t);
     if (s.acked) add('acknowledged', t);
     else if (s.failed) add('failed', t);
@@ -222,8 +235,23 @@ export function classify(input: ClassifyInput): Classification {
       if (ok.length === 0 && s.dead.has(sub)) add('deadLettered', t);
       else if (ok.length === 0 && s.acked) {
         const w = windowOf(t);
-        const allowed = input.persistence === 'none' && wipeSignalled(w);
         add('lost', t);
+        if (atMostOnce) {
+          add('lostAtMostOnce', t);
+          const gap =
+            w !== undefined &&
+            logs.some((l) => GAP_SIGNAL.test(l.msg) && l.t >= w.start && l.t <= w.end + input.afterMs);
+          note({
+            kind: 'lost',
+            key,
+            sub,
+            t,
+            allowed: true,
+            detail: `at-most-once, ${gap ? 'gap logged' : 'no gap logged'}`,
+          });
+          continue;
+        }
+        const allowed = input.persistence === 'none' && wipeSignalled(w);
         if (allowed) add('lostSignalled', t);
         note({
           kind: 'lost',
@@ -245,8 +273,8 @@ export function classify(input: ClassifyInput): Classification {
           sub,
           t: c.t,
           fault: w ? faultLabel(w) : 'none',
-          allowed: w !== undefined && sameId,
-          detail: `call ${i + 1} on ${c.node} attempt ${c.att}${sameId ? '' : `, id ${c.id} != ${ok[0]!.id}`}`,
+          allowed: w !== undefined && sameId && !atMostOnce,
+          detail: `call ${i + 1} on ${c.node} attempt ${c.att}${sameId ? '' : `, id ${c.id} != ${ok[0]!.id}`}${atMostOnce ? ' (at-most-once)' : ''}`,
         });
       }
     }
@@ -276,7 +304,10 @@ export function classify(input: ClassifyInput): Classification {
         : `${count('lost')} acknowledged events lost silently (outside a signalled Redis data wipe)`,
     );
   if (totals.unexpected > 0) reasons.push(`${totals.unexpected} unexpected deliveries`);
-  if (count('duplicate') > 0) reasons.push(`${count('duplicate')} duplicates outside any fault window`);
+  const outside = anomalies.filter((a) => a.kind === 'duplicate' && !a.allowed && a.fault === 'none').length;
+  if (outside > 0) reasons.push(`${outside} duplicates outside any fault window`);
+  const twice = anomalies.filter((a) => a.kind === 'duplicate' && !a.allowed && a.fault !== 'none').length;
+  if (twice > 0) reasons.push(`${twice} duplicates of at-most-once (pub/sub) events`);
   const newId = anomalies.filter((a) => a.kind === 'duplicate-new-id').length;
   if (newId > 0) reasons.push(`${newId} duplicates with a different event id (not removable by id)`);
   if (count('exit') > 0) reasons.push(`${count('exit')} process exits no fault caused`);

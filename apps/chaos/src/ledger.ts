@@ -23,6 +23,8 @@ export type LedgerRecord =
    * `broadcast:b0`); `id` is the bus event id; `att` the attempt number.
    */
   | { k: 'h'; key: string; id: string; sub: string; node: string; att: number; t: number; ok: boolean }
+  /** The bus dead-lettered the event for `sub` (its `deadLetter` event; pub/sub has no dead-letter store to read). */
+  | { k: 'd'; key: string; sub: string; t: number }
   /** A warning or error the process's bus logged (signals such as a re-created consumer group). */
   | { k: 'log'; node: string; lvl: 'warn' | 'error'; msg: string; t: number };
 

@@ -26,7 +26,13 @@ const BEFORE_MS = 1000;
 const AFTER_MS = 4 * CLAIM_IDLE_MS + 4000;
 /** Who must handle each event: the single node's consumers, or for the Cluster's producer (`cp0`) the Cluster's. */
 const expectedSubs = (producer: string) =>
-  producer.startsWith('c') ? ['cluster:group:workers', 'broadcast:cb0'] : ['group:workers', 'broadcast:b0'];
+  producer.startsWith('c')
+    ? ['cluster:group:workers', 'broadcast:cb0']
+    : producer.startsWith('s')
+      ? ['broadcast:s0']
+      : ['group:workers', 'broadcast:b0'];
+/** The pub/sub producer's events are at-most-once by contract. */
+const atMostOnce = (producer: string) => producer.startsWith('s');
 
 export interface ChaosResult {
   dir: string;
@@ -84,8 +90,8 @@ export async function runChaos(
   mkdirSync(join(dir, 'ledger'), { recursive: true });
   mkdirSync(join(dir, 'logs'), { recursive: true });
   const topology: Topology = {
-    producers: o.cluster ? ['p0', 'p1', 'cp0'] : ['p0', 'p1'],
-    consumers: o.cluster ? ['g0', 'g1', 'b0', 'cg0', 'cb0'] : ['g0', 'g1', 'b0'],
+    producers: ['p0', 'p1', ...(o.cluster ? ['cp0'] : []), ...(o.pubsub ? ['sp0'] : [])],
+    consumers: ['g0', 'g1', 'b0', ...(o.cluster ? ['cg0', 'cb0'] : []), ...(o.pubsub ? ['s0'] : [])],
     persistence: o.persistence,
     cluster: o.cluster,
   };
@@ -134,6 +140,10 @@ export async function runChaos(
   children.set('b0', new ChildProc('b0', 'broadcast', env, onExit));
   children.set('p0', new ChildProc('p0', 'producer', env, onExit));
   children.set('p1', new ChildProc('p1', 'producer', env, onExit));
+  if (o.pubsub) {
+    children.set('s0', new ChildProc('s0', 'broadcast', { ...env, pubsub: true }, onExit));
+    children.set('sp0', new ChildProc('sp0', 'producer', { ...env, pubsub: true }, onExit));
+  }
   if (cluster) {
     children.set('cg0', new ChildProc('cg0', 'group', clusterEnv, onExit));
     children.set('cb0', new ChildProc('cb0', 'broadcast', clusterEnv, onExit));
@@ -210,6 +220,7 @@ export async function runChaos(
         faults: windows,
         deadLetters: dl,
         expectedSubs,
+        atMostOnce,
         persistence: o.persistence,
         beforeMs: BEFORE_MS,
         afterMs: AFTER_MS,
@@ -246,6 +257,7 @@ export async function runChaos(
     faults: windows,
     deadLetters: dl,
     expectedSubs,
+    atMostOnce,
     persistence: o.persistence,
     beforeMs: BEFORE_MS,
     afterMs: AFTER_MS,
