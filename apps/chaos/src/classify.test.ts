@@ -88,6 +88,11 @@ describe('classify', () => {
   it('allows a duplicate inside a fault window with the same id, and fails one outside any window or with a new id', () => {
     const inside = classify(input([...clean('p0.0.1', 11_000), handle('p0.0.1', 'group:workers', 14_000)]));
     expect(inside.totals.duplicated).toBe(1);
+    expect(inside.anomalies[0]!.detail).toBe('call 2 on g1 attempt 2');
+    const storedTwice = classify(
+      input([...clean('p0.0.1', 11_000), handle('p0.0.1', 'broadcast:b0', 11_010, { att: 1 })]),
+    );
+    expect(storedTwice.anomalies[0]!.detail).toBe('call 2 on b0 attempt 1, attempt 1 again: stored twice');
     expect(inside.perFault[0]!.counts.duplicated).toBe(1);
     expect(inside.verdict.pass).toBe(true);
 

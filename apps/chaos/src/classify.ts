@@ -274,7 +274,13 @@ export function classify(input: ClassifyInput): Classification {
           t: c.t,
           fault: w ? faultLabel(w) : 'none',
           allowed: w !== undefined && sameId && !atMostOnce,
-          detail: `call ${i + 1} on ${c.node} attempt ${c.att}${sameId ? '' : `, id ${c.id} != ${ok[0]!.id}`}${atMostOnce ? ' (at-most-once)' : ''}`,
+          detail: [
+            `call ${i + 1} on ${c.node} attempt ${c.att}`,
+            sameId ? '' : `, id ${c.id} != ${ok[0]!.id}`,
+            // a redelivery counts attempts; a second first attempt means a second copy of the event was stored
+            c.att === 1 ? ', attempt 1 again: stored twice' : '',
+            atMostOnce ? ' (at-most-once)' : '',
+          ].join(''),
         });
       }
     }

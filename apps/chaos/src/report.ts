@@ -122,14 +122,19 @@ export function renderMarkdown(r: ReportInput): string {
       const k = f.counts;
       const at = f.window ? `${((f.window.start - r.t0) / 1000).toFixed(1)} s` : '';
       const lasted = f.window ? `${Math.round(f.window.end - f.window.start)} ms` : '';
-      const lost = k.lostSignalled > 0 ? `${k.lost} (${k.lostSignalled} signalled)` : `${k.lost}`;
+      const allowed = [
+        k.lostSignalled > 0 ? `${k.lostSignalled} signalled wipe` : '',
+        k.lostAtMostOnce > 0 ? `${k.lostAtMostOnce} pub/sub` : '',
+      ].filter(Boolean);
+      const lost = allowed.length > 0 ? `${k.lost} (${allowed.join(', ')})` : `${k.lost}`;
       const recovery = f.window ? fmtMs(rec.get(f.label) ?? null) : '';
       return `| ${f.label} | ${at} | ${lasted} | ${k.published} | ${k.acknowledged} | ${k.failed} | ${lost} | ${k.duplicated} | ${k.deadLettered} | ${k.unexpected} | ${recovery} |`;
     }),
     `| **total** | | | ${c.totals.published} | ${c.totals.acknowledged} | ${c.totals.failed} | ${c.totals.lost} | ${c.totals.duplicated} | ${c.totals.deadLettered} | ${c.totals.unexpected} | |`,
     '',
-    '`published`, `acknowledged`, `failed` count events by publish time; `lost`, `dead-lettered` count per subscription set',
-    '(`group:workers`, `broadcast:b0`), `duplicated` counts extra successful handler calls.',
+    '`published`, `acknowledged`, `failed` count events due while the fault was active; `lost` and `dead-lettered` count',
+    'per subscription set that must see the event (e.g. `group:workers`, `broadcast:b0`), attributed with margins',
+    '(1 s before, 12 s after the heal); `duplicated` counts extra successful handler calls. Allowed losses in brackets.',
     '',
   ];
   const shown = c.anomalies.filter((a) => !a.allowed).slice(0, 30);
