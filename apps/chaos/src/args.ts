@@ -15,6 +15,8 @@ export interface ChaosOptions {
   cluster: boolean;
   /** Also run a producer and a broadcast consumer on Redis pub/sub (at-most-once). */
   pubsub: boolean;
+  /** Also run a producer and two members of a router group (`@qe/router`, hash-based). */
+  router: boolean;
 }
 
 export class UsageError extends Error {}
@@ -29,7 +31,7 @@ export function parseDuration(text: string): number {
 }
 
 export const USAGE = `qe-chaos [--duration 2m] [--seed N] [--faults a,b,...] [--out dir]
-         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster] [--pubsub]
+         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster] [--pubsub] [--router]
 
 Runs producers and consumers of QE Event Bus on Redis in child processes, injects
 faults from a schedule drawn from --seed, writes a ledger of every event and a
@@ -46,12 +48,13 @@ export function parseArgs(argv: readonly string[]): ChaosOptions {
     basePort: 18600,
     cluster: false,
     pubsub: false,
+    router: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     if (flag === '--') continue;
-    if (flag === '--cluster' || flag === '--pubsub') {
-      o[flag === '--cluster' ? 'cluster' : 'pubsub'] = true;
+    if (flag === '--cluster' || flag === '--pubsub' || flag === '--router') {
+      o[flag.slice(2) as 'cluster' | 'pubsub' | 'router'] = true;
       continue;
     }
     const value = argv[++i];

@@ -13,6 +13,8 @@ import { getHeapStatistics } from 'node:v8';
 import { type AgentEvent, type ConsumeContext, epochNow, type Logger, QEEventBus } from '@qe/core';
 import { drive } from '@qe/loadgen/schedule';
 import { createRedisTransport } from '@qe/redis-transport';
+import { hashBased, RoutedTransport } from '@qe/router';
+import { Redis } from 'ioredis';
 import type { ChildCommand } from './faults/index.js';
 import { type LedgerRecord, LedgerWriter } from './ledger.js';
 
@@ -29,11 +31,18 @@ const logFile = join(dir, 'logs', `${name}.log`);
 const clusterNodes = process.env.CHAOS_CLUSTER_NODES
   ? (JSON.parse(process.env.CHAOS_CLUSTER_NODES) as { host: string; port: number }[])
   : undefined;
-/** `CHAOS_MODE=pubsub`: this process's bus is on Redis pub/sub (at-most-once) instead of Streams. */
-const pubsub = process.env.CHAOS_MODE === 'pubsub';
+/**
+ * `CHAOS_MODE=pubsub`: this process's bus is on Redis pub/sub (at-most-once).
+ * `router`: on `@qe/router`'s RoutedTransport (group `routed`, hash-based),
+ * over Redis Streams. Otherwise Redis Streams.
+ */
+const mode = process.env.CHAOS_MODE ?? 'streams';
+const pubsub = mode === 'pubsub';
+const routed = mode === 'router';
+const groupName = routed ? 'routed' : 'workers';
 const subName =
   role === 'group'
-    ? `${clusterNodes ? 'cluster:' : ''}group:workers`
+    ? `${clusterNodes ? 'cluster:' : routed ? 'router:' : ''}group:${groupName}`
     : role === 'broadcast'
       ? `broadcast:${name}`
       : '';
@@ -93,22 +102,24 @@ const logger: Logger = { debug: () => {}, info: log('info'), warn: log('warn'), 
 
 const bus = new QEEventBus({
   nodeId: `chaos-${name}`,
-  transport: pubsub
-    ? createRedisTransport({
-        mode: 'pubsub',
-        url: env('CHAOS_REDIS_URL'),
-        keyPrefix: env('CHAOS_PREFIX'),
-        publishTimeoutMs: 3000,
-      })
-    : createRedisTransport({
-        ...(clusterNodes
-          ? // on the Cluster, publish resolves only once a replica has the write, so a failover cannot lose it
-            { cluster: { nodes: clusterNodes }, replicas: { wait: 1, timeoutMs: 1000 } }
-          : { url: env('CHAOS_REDIS_URL') }),
-        keyPrefix: env('CHAOS_PREFIX'),
-        claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
-        publishTimeoutMs: 3000,
-      }),
+  transport: routed
+    ? routedTransport()
+    : pubsub
+      ? createRedisTransport({
+          mode: 'pubsub',
+          url: env('CHAOS_REDIS_URL'),
+          keyPrefix: env('CHAOS_PREFIX'),
+          publishTimeoutMs: 3000,
+        })
+      : createRedisTransport({
+          ...(clusterNodes
+            ? // on the Cluster, publish resolves only once a replica has the write, so a failover cannot lose it
+              { cluster: { nodes: clusterNodes }, replicas: { wait: 1, timeoutMs: 1000 } }
+            : { url: env('CHAOS_REDIS_URL') }),
+          keyPrefix: env('CHAOS_PREFIX'),
+          claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
+          publishTimeoutMs: 3000,
+        }),
   freezeEvents: false,
   retryAttempts: 2,
   retryDelay: 50,
@@ -120,6 +131,24 @@ bus.on('error', (err: Error) => log('error')(`bus error: ${err.message}`));
 bus.on('deadLetter', (d: { event: AgentEvent }) =>
   ledger.write({ k: 'd', key: (d.event.data as { key: string }).key, sub: subName, t: epochNow() }),
 );
+
+/** Group events through the router's member inboxes; the inner Streams transport carries the rest. */
+function routedTransport(): RoutedTransport {
+  const redis = new Redis(env('CHAOS_REDIS_URL'), { maxRetriesPerRequest: 20 });
+  redis.on('error', () => {});
+  return new RoutedTransport({
+    inner: createRedisTransport({
+      url: env('CHAOS_REDIS_URL'),
+      keyPrefix: `${env('CHAOS_PREFIX')}:r`,
+      claimIdleMs: Number(env('CHAOS_CLAIM_IDLE_MS')),
+      publishTimeoutMs: 3000,
+    }),
+    redis,
+    prefix: `${env('CHAOS_PREFIX')}:router`,
+    strategy: hashBased(),
+    memberTtlMs: 3000,
+  });
+}
 
 const stopping = new AbortController();
 let driving: Promise<unknown> = Promise.resolve();
@@ -189,7 +218,7 @@ async function runConsumer(): Promise<void> {
       }
       ledger.write({ k: 'h', ...call, att, ok: true });
     },
-    role === 'group' ? { group: 'workers', startFrom: 'earliest' } : { startFrom: 'earliest' },
+    role === 'group' ? { group: groupName, startFrom: 'earliest' } : { startFrom: 'earliest' },
   );
   await unsub.ready;
 }

@@ -30,7 +30,9 @@ const expectedSubs = (producer: string) =>
     ? ['cluster:group:workers', 'broadcast:cb0']
     : producer.startsWith('s')
       ? ['broadcast:s0']
-      : ['group:workers', 'broadcast:b0'];
+      : producer.startsWith('r')
+        ? ['router:group:routed']
+        : ['group:workers', 'broadcast:b0'];
 /** The pub/sub producer's events are at-most-once by contract. */
 const atMostOnce = (producer: string) => producer.startsWith('s');
 
@@ -90,8 +92,21 @@ export async function runChaos(
   mkdirSync(join(dir, 'ledger'), { recursive: true });
   mkdirSync(join(dir, 'logs'), { recursive: true });
   const topology: Topology = {
-    producers: ['p0', 'p1', ...(o.cluster ? ['cp0'] : []), ...(o.pubsub ? ['sp0'] : [])],
-    consumers: ['g0', 'g1', 'b0', ...(o.cluster ? ['cg0', 'cb0'] : []), ...(o.pubsub ? ['s0'] : [])],
+    producers: [
+      'p0',
+      'p1',
+      ...(o.cluster ? ['cp0'] : []),
+      ...(o.pubsub ? ['sp0'] : []),
+      ...(o.router ? ['rp0'] : []),
+    ],
+    consumers: [
+      'g0',
+      'g1',
+      'b0',
+      ...(o.cluster ? ['cg0', 'cb0'] : []),
+      ...(o.pubsub ? ['s0'] : []),
+      ...(o.router ? ['r0', 'r1'] : []),
+    ],
     persistence: o.persistence,
     cluster: o.cluster,
   };
@@ -141,8 +156,13 @@ export async function runChaos(
   children.set('p0', new ChildProc('p0', 'producer', env, onExit));
   children.set('p1', new ChildProc('p1', 'producer', env, onExit));
   if (o.pubsub) {
-    children.set('s0', new ChildProc('s0', 'broadcast', { ...env, pubsub: true }, onExit));
-    children.set('sp0', new ChildProc('sp0', 'producer', { ...env, pubsub: true }, onExit));
+    children.set('s0', new ChildProc('s0', 'broadcast', { ...env, mode: 'pubsub' }, onExit));
+    children.set('sp0', new ChildProc('sp0', 'producer', { ...env, mode: 'pubsub' }, onExit));
+  }
+  if (o.router) {
+    children.set('r0', new ChildProc('r0', 'group', { ...env, mode: 'router' }, onExit));
+    children.set('r1', new ChildProc('r1', 'group', { ...env, mode: 'router' }, onExit));
+    children.set('rp0', new ChildProc('rp0', 'producer', { ...env, mode: 'router' }, onExit));
   }
   if (cluster) {
     children.set('cg0', new ChildProc('cg0', 'group', clusterEnv, onExit));

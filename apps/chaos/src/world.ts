@@ -21,8 +21,8 @@ const SHARD_SLOT_KEYS = ['b', 'c', 'a'] as const;
 export interface ChildEnv {
   dir: string;
   redisUrl: string;
-  /** Set for the pub/sub children: their bus uses Redis pub/sub (at-most-once). */
-  pubsub?: boolean;
+  /** `pubsub`: the child's bus uses Redis pub/sub (at-most-once); `router`: @qe/router's RoutedTransport. Default Streams. */
+  mode?: 'pubsub' | 'router';
   /** Set for the children of the Cluster: its seed nodes. */
   clusterNodes?: { host: string; port: number }[];
   keyPrefix: string;
@@ -65,7 +65,7 @@ export class ChildProc implements ChildControl {
       env: {
         CHAOS_DIR: this.env.dir,
         CHAOS_REDIS_URL: this.env.redisUrl,
-        CHAOS_MODE: this.env.pubsub ? 'pubsub' : undefined,
+        CHAOS_MODE: this.env.mode,
         CHAOS_CLUSTER_NODES: this.env.clusterNodes ? JSON.stringify(this.env.clusterNodes) : undefined,
         CHAOS_PREFIX: this.env.keyPrefix,
         CHAOS_RATE: String(this.env.rate),
