@@ -88,9 +88,11 @@ export function recoveryThresholdMs(
 }
 
 /**
- * Recovery time of each fault: from its heal until the first full second in
- * which every handled event's latency is under `thresholdMs` (and some event
- * was handled), searched in 100 ms steps up to the next fault (or `horizon`).
+ * Recovery time of each fault: from its heal until the last handled event
+ * whose latency is over `thresholdMs`, looking up to the next fault (or
+ * `horizon`), so a backlog that drains late counts in full. 0 when nothing
+ * was slow after the heal; null when events were still slow in the last
+ * second before the next fault (not recovered in time).
  */
 export function recoveries(
   handled: readonly Handled[],
@@ -100,30 +102,12 @@ export function recoveries(
   label: (w: FaultWindow) => string,
 ): Recovery[] {
   const sorted = [...windows].sort((a, b) => a.start - b.start);
-  const firstAt = (t: number) => {
-    let lo = 0;
-    let hi = handled.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (handled[mid]!.t < t) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
   return sorted.map((w, i) => {
     const until = sorted[i + 1]?.start ?? horizon;
-    for (let t = w.end; t + 1000 <= until; t += 100) {
-      let n = 0;
-      let ok = true;
-      for (let k = firstAt(t); k < handled.length && handled[k]!.t < t + 1000; k++) {
-        n++;
-        if (handled[k]!.latencyMs > thresholdMs) {
-          ok = false;
-          break;
-        }
-      }
-      if (ok && n > 0) return { label: label(w), recoveryMs: Math.round(t - w.end) };
-    }
-    return { label: label(w), recoveryMs: null };
+    let lastSlow = -1;
+    for (const h of handled) if (h.t >= w.end && h.t < until && h.latencyMs > thresholdMs) lastSlow = h.t;
+    if (lastSlow < 0) return { label: label(w), recoveryMs: 0 };
+    if (lastSlow >= until - 1000) return { label: label(w), recoveryMs: null };
+    return { label: label(w), recoveryMs: Math.round(lastSlow - w.end) };
   });
 }

@@ -30,13 +30,21 @@ export interface ReportInput {
 
 const COLORS = ['#2563eb', '#16a34a', '#d97706', '#7c3aed', '#dc2626', '#0891b2', '#be185d', '#4b5563'];
 
-function memorySeries(memory: readonly MemorySample[], t0: number, seconds: number): Series[] {
-  const procs = [...new Set(memory.map((m) => m.proc))].sort();
+function memorySeries(
+  memory: readonly MemorySample[],
+  t0: number,
+  seconds: number,
+  field: 'rss' | 'heapUsed',
+): Series[] {
+  // Redis has no V8 heap (its heapUsed is used_memory): only the children in the heap panel
+  const procs = [...new Set(memory.map((m) => m.proc))]
+    .filter((p) => field === 'rss' || p !== 'redis')
+    .sort();
   return procs.map((proc, i) => {
     const values = new Array<number>(seconds).fill(0);
     for (const m of memory) {
       const s = Math.floor((m.t - t0) / 1000);
-      if (m.proc === proc && s >= 0 && s < seconds) values[s] = Math.max(values[s]!, m.rss / 1_048_576);
+      if (m.proc === proc && s >= 0 && s < seconds) values[s] = Math.max(values[s]!, m[field] / 1_048_576);
     }
     // carry the last sample over gaps (a process being restarted, Redis down)
     for (let s = 1; s < seconds; s++) if (values[s] === 0) values[s] = values[s - 1]!;
@@ -44,7 +52,7 @@ function memorySeries(memory: readonly MemorySample[], t0: number, seconds: numb
   });
 }
 
-/** The SVG: throughput, latency percentiles (log) and RSS per process over time, fault windows shaded. */
+/** The SVG: throughput, latency percentiles (log), RSS and V8 heap per process over time, fault windows shaded. */
 export function renderChart(r: ReportInput): string {
   const n = r.seconds.length;
   const bands: Band[] = r.windows.map((w) => ({
@@ -80,15 +88,28 @@ export function renderChart(r: ReportInput): string {
       ],
       { log: true, unit: '', seconds: n, bands },
     ),
-    panel(0, 590, W, 260, 'Resident memory (MB) per process', memorySeries(r.memory, r.t0, n), {
+    panel(0, 590, W, 260, 'Resident memory (MB) per process', memorySeries(r.memory, r.t0, n, 'rss'), {
       unit: '',
       seconds: n,
       bands,
     }),
+    panel(
+      0,
+      860,
+      W,
+      260,
+      'V8 heap used (MB) per child process',
+      memorySeries(r.memory, r.t0, n, 'heapUsed'),
+      {
+        unit: '',
+        seconds: n,
+        bands,
+      },
+    ),
   ];
   const c = r.classification;
   return `<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="870" viewBox="0 0 ${W} 870" font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="11">
+<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="1140" viewBox="0 0 ${W} 1140" font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="11">
 <style>text{fill:#475467}.t{font-size:13px;font-weight:600;fill:#1b2430}.g{stroke:#e3e8ef}.h{font-size:16px;font-weight:700;fill:#111827}</style>
 <rect width="100%" height="100%" fill="#ffffff"/>
 <text x="20" y="24" class="h">${esc(`qe-chaos seed ${r.options.seed}: ${c.verdict.pass ? 'PASS' : 'FAIL'}`)}</text>
