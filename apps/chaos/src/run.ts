@@ -177,6 +177,13 @@ export async function runChaos(
     } catch {}
   };
   process.once('exit', killAll);
+  // Ctrl-C: a signal ends Node without 'exit' listeners, which would leave the redis-servers running
+  const interrupted = (sig: NodeJS.Signals) => {
+    killAll();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   const memTimer = setInterval(() => {
     redis
       .call('INFO', 'memory')
@@ -272,6 +279,8 @@ export async function runChaos(
   await server.stop('SIGTERM');
   server.cleanup();
   process.removeListener('exit', killAll);
+  process.removeListener('SIGINT', interrupted);
+  process.removeListener('SIGTERM', interrupted);
 
   const records = readLedger(join(dir, 'ledger'));
   const classification = classify({
