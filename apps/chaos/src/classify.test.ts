@@ -93,6 +93,12 @@ describe('classify', () => {
       input([...clean('p0.0.1', 11_000), handle('p0.0.1', 'broadcast:b0', 11_010, { att: 1 })]),
     );
     expect(storedTwice.anomalies[0]!.detail).toBe('call 2 on b0 attempt 1, attempt 1 again: stored twice');
+    // a member paused with its attempt 1 in hand runs it after another member's claimed attempt 2: a redelivery
+    const late = clean('p0.0.1', 11_000).map((r) =>
+      r.k === 'h' && r.sub === 'group:workers' ? { ...r, att: 2 } : r,
+    );
+    const paused = classify(input([...late, handle('p0.0.1', 'group:workers', 14_000, { att: 1 })]));
+    expect(paused.anomalies[0]!.detail).toBe('call 2 on g1 attempt 1');
     expect(inside.perFault[0]!.counts.duplicated).toBe(1);
     expect(inside.verdict.pass).toBe(true);
 

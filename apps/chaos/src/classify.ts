@@ -277,8 +277,9 @@ export function classify(input: ClassifyInput): Classification {
           detail: [
             `call ${i + 1} on ${c.node} attempt ${c.att}`,
             sameId ? '' : `, id ${c.id} != ${ok[0]!.id}`,
-            // a redelivery counts attempts; a second first attempt means a second copy of the event was stored
-            c.att === 1 ? ', attempt 1 again: stored twice' : '',
+            // a redelivery counts attempts; two first attempts mean a second copy of the event was stored
+            // (not the order in time: a paused member can run its attempt 1 after another member's attempt 2)
+            c.att === 1 && ok.filter((x) => x.att === 1).length > 1 ? ', attempt 1 again: stored twice' : '',
             atMostOnce ? ' (at-most-once)' : '',
           ].join(''),
         });
