@@ -1,6 +1,6 @@
 import type { PhaseResult } from './run.js';
 
-const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+export const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
 
 function niceMax(v: number): number {
   if (v <= 0) return 1;
@@ -18,21 +18,45 @@ const num = (n: number) =>
         ? n.toFixed(n < 1 ? 2 : 1)
         : `${Math.round(n)}`;
 
-interface Series {
+/** One line of a chart panel: a value per second. */
+export interface Series {
   name: string;
   color: string;
   values: number[];
   dash?: boolean;
 }
 
-function panel(
+/** A shaded time range of a panel (a fault window), in seconds from the start. */
+export interface Band {
+  fromSec: number;
+  toSec: number;
+  label: string;
+  color: string;
+}
+
+/** How a panel scales and labels its axes. */
+export interface PanelOptions {
+  log?: boolean;
+  unit: string;
+  /** Seconds on the x axis (one value per second). */
+  seconds: number;
+  /** Shaded ranges drawn under the lines (e.g. fault windows), labelled at their top. */
+  bands?: readonly Band[];
+}
+
+/**
+ * One SVG panel of a chart: lines of per-second values, a y axis (linear or
+ * log), an x axis in seconds and a legend. Other apps (the chaos suite)
+ * compose their charts from it.
+ */
+export function panel(
   x: number,
   y: number,
   w: number,
   h: number,
   title: string,
   series: Series[],
-  opts: { log?: boolean; unit: string; seconds: number },
+  opts: PanelOptions,
 ): string {
   const out: string[] = [];
   const L = 60;
@@ -66,6 +90,14 @@ function panel(
   }
   const n = Math.max(1, opts.seconds);
   const xOf = (i: number) => x + L + (pw * (i + 0.5)) / n;
+  for (const b of opts.bands ?? []) {
+    const bx = x + L + (pw * Math.max(0, b.fromSec)) / n;
+    const bw = Math.max(2, (pw * (Math.min(n, b.toSec) - Math.max(0, b.fromSec))) / n);
+    out.push(
+      `<rect x="${bx.toFixed(1)}" y="${top}" width="${bw.toFixed(1)}" height="${ph}" fill="${b.color}" fill-opacity="0.18"><title>${esc(b.label)}</title></rect>`,
+    );
+    out.push(`<text x="${(bx + 2).toFixed(1)}" y="${top + 10}" font-size="9">${esc(b.label)}</text>`);
+  }
   const step =
     [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600].find((k) => n / k <= 12) ?? Math.ceil(n / 10);
   for (let i = 0; i < n; i += step)

@@ -1,3 +1,4 @@
+export { type ClusterShape, type LocalCluster, startCluster } from './cluster.js';
 export { exited, type FixtureOptions, startFixture } from './process.js';
 export {
   deletePrefix,
@@ -5,6 +6,7 @@ export {
   type RedisProcess,
   startProxy,
   startRedis,
+  type TcpProxy,
   uniquePrefix,
   waitForPort,
 } from './redis.js';

@@ -137,21 +137,45 @@ export async function startRedis(
   return handle;
 }
 
+/** A TCP proxy a test or the chaos suite controls (see `startProxy`). */
+export interface TcpProxy {
+  /** The local port clients connect to. */
+  port: number;
+  /** Destroys every connection through it: both sides see a reset, as a flaky network would. */
+  cut(): void;
+  /**
+   * Stops forwarding bytes in both directions without closing anything (a
+   * network stall: a black-holed route, a full buffer): connections stay open,
+   * new ones are accepted, and what is sent waits in the proxy until `resume()`.
+   */
+  stall(): void;
+  /** Ends a stall: forwards everything held back, in order, and carries on. */
+  resume(): void;
+  close(): Promise<void>;
+}
+
 /**
  * A TCP proxy the test controls, in front of a server on `targetPort`: `cut()`
  * destroys every connection through it (both sides see a reset), as a flaky
- * network would. For fault tests between a client and Redis (or any server).
+ * network would; `stall()`/`resume()` hold bytes back without closing
+ * anything. For fault tests between a client and Redis (or any server).
  */
-export async function startProxy(
-  targetPort: number,
-): Promise<{ port: number; cut(): void; close(): Promise<void> }> {
+export async function startProxy(targetPort: number): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
+  let stalled = false;
+  // bytes held back during a stall, per direction, flushed in order by resume()
+  const held: { to: net.Socket; chunk: Buffer }[] = [];
+  const forward = (from: net.Socket, to: net.Socket) =>
+    from.on('data', (chunk: Buffer) => {
+      if (stalled) held.push({ to, chunk });
+      else if (!to.destroyed) to.write(chunk);
+    });
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, '127.0.0.1');
     sockets.add(client);
     sockets.add(upstream);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
     const drop = () => {
       client.destroy();
       upstream.destroy();
@@ -170,6 +194,14 @@ export async function startProxy(
     cut() {
       for (const s of sockets) s.destroy();
       sockets.clear();
+      held.length = 0;
+    },
+    stall() {
+      stalled = true;
+    },
+    resume() {
+      stalled = false;
+      for (const { to, chunk } of held.splice(0)) if (!to.destroyed) to.write(chunk);
     },
     close: () =>
       new Promise<void>((r) => {

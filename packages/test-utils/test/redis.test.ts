@@ -3,10 +3,13 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   deletePrefix,
+  quiescent,
   REDIS_URL,
   type RedisProcess,
+  startProxy,
   startRedis,
   uniquePrefix,
+  waitFor,
   waitForPort,
 } from '../src/index.js';
 
@@ -96,5 +99,48 @@ describe('startRedis', () => {
     s.proc.kill('SIGSTOP');
     await s.stop('SIGTERM');
     expect(s.proc.exitCode !== null || s.proc.signalCode !== null).toBe(true);
+  });
+});
+
+describe('startProxy', () => {
+  it('stall() holds commands back without closing the connection; resume() delivers them; cut() resets', async () => {
+    const s = await startRedis(PORT + 2);
+    servers.push(s);
+    const proxy = await startProxy(PORT + 2);
+    const r = new Redis({
+      port: proxy.port,
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
+    const closed: string[] = [];
+    r.on('error', () => {});
+    r.on('close', () => closed.push('close'));
+    try {
+      await r.connect();
+      expect(await r.ping()).toBe('PONG');
+      proxy.stall();
+      let answered = false;
+      const reply = r.set('stalled', '1').then((v) => {
+        answered = true;
+        return v;
+      });
+      // the write waits in the proxy: Redis has not seen it, the client has no answer
+      const direct = new Redis({ port: PORT + 2 });
+      await quiescent(async () => [answered, await direct.exists('stalled')], {
+        forMs: 300,
+        what: 'the stalled write',
+      });
+      proxy.resume();
+      expect(await reply).toBe('OK');
+      expect(await direct.get('stalled')).toBe('1');
+      direct.disconnect();
+      expect(closed).toEqual([]);
+      proxy.cut();
+      await waitFor(() => closed.length > 0, 'the client to see the reset');
+    } finally {
+      r.disconnect();
+      await proxy.close();
+    }
   });
 });

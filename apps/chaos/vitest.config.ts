@@ -1,0 +1,3 @@
+import { qeVitestConfig } from '@qe/vitest-preset';
+
+export default qeVitestConfig();
