@@ -35,7 +35,10 @@ export const OWN_CONNECTION = { 'grpc.use_local_subchannel_pool': 1 };
 
 let seq = 0;
 /** A started bus and a gateway on a free port, both closed after the test; `client()` opens closed-after-test clients. */
-export async function setup(extra: Partial<GrpcGatewayOptions> = {}, busConfig: Partial<QEEventBusConfig> = {}) {
+export async function setup(
+  extra: Partial<GrpcGatewayOptions> = {},
+  busConfig: Partial<QEEventBusConfig> = {},
+) {
   const bus = new QEEventBus({ nodeId: `grpc-${++seq}`, retryDelay: 10, maxRetryDelay: 20, ...busConfig });
   await bus.start();
   onCleanup(() => bus.stop());
