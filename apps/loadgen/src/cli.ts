@@ -7,7 +7,7 @@
  */
 import { runScenario, type ScenarioOptions } from './run-scenario.js';
 import { SCENARIOS, type ScenarioName, type ScenarioParams } from './scenarios.js';
-import { targetNames } from './targets/index.js';
+import { isTargetName, targetNames } from './targets/index.js';
 
 const USAGE = `Usage: qe-loadgen <scenario> --target <target> [options]
 
@@ -36,6 +36,8 @@ Options:
   --redis-url URL      default $REDIS_URL or redis://127.0.0.1:6379
   --key-prefix P       Redis key prefix (a run id is appended; keys are deleted afterwards)
   --broker-url URL     broker base URL for the ws and http targets
+  --redis-cluster H:P[,H:P...]  Cluster nodes for the redis-cluster target
+                       (redis-cluster:N starts a local Cluster of N masters instead)
   --out DIR            where the JSON result and SVG chart go (default ./loadgen-results)
 `;
 
@@ -62,6 +64,16 @@ function parseNum(s: string | undefined, flag: string, min: number, integer = tr
       `${flag} ${JSON.stringify(s ?? '')}: expected ${integer ? 'an integer' : 'a number'} >= ${min}`,
     );
   return n;
+}
+
+function parseNodes(s: string, flag: string): { host: string; port: number }[] {
+  return s.split(',').map((hp) => {
+    const m = /^([^:\s]+):(\d{1,5})$/.exec(hp.trim());
+    const port = m ? Number(m[2]) : 0;
+    if (!m || port < 1 || port > 65535)
+      throw new UsageError(`${flag} ${JSON.stringify(s)}: expected host:port[,host:port...]`);
+    return { host: m[1]!, port };
+  });
 }
 
 /** Parses the command line into scenario options. Throws `UsageError` naming the bad flag. */
@@ -130,6 +142,9 @@ export function parseArgs(argv: readonly string[]): ScenarioOptions {
       case '--broker-url':
         o.brokerUrl = val();
         break;
+      case '--redis-cluster':
+        o.redisCluster = parseNodes(val(), flag);
+        break;
       case '--out':
         o.outDir = val();
         break;
@@ -139,7 +154,7 @@ export function parseArgs(argv: readonly string[]): ScenarioOptions {
   }
   if (o.target === '') throw new UsageError(`--target is required (accepted: ${targetNames().join(', ')})`);
   for (const t of [o.target, ...(o.compare ?? [])])
-    if (!targetNames().includes(t))
+    if (!isTargetName(t))
       throw new UsageError(`unknown target ${JSON.stringify(t)} (accepted: ${targetNames().join(', ')})`);
   if (o.scenario === 'stress' && params.rate === 0)
     throw new UsageError('--rate 0: stress needs a first step rate > 0');

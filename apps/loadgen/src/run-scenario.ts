@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { startCluster } from '@qe/test-utils';
 import { renderChart } from './chart.js';
 import { phaseTable, progressLine, table, verdictText } from './report.js';
 import { type PhaseResult, runLoad } from './run.js';
@@ -14,6 +15,7 @@ import {
   scenarioDefaults,
   verdict,
 } from './scenarios.js';
+import { CLUSTER_TARGET } from './targets/redis-cluster.js';
 
 /** One `qe-loadgen` invocation: a scenario against a target, and optional yardsticks. */
 export interface ScenarioOptions {
@@ -30,6 +32,10 @@ export interface ScenarioOptions {
   /** Default `qe-loadgen:<run id>`; every key under it is deleted after the run. */
   keyPrefix?: string;
   brokerUrl?: string;
+  /** Cluster nodes for the `redis-cluster` target. */
+  redisCluster?: { host: string; port: number }[];
+  /** First port of the local Clusters `redis-cluster:N` starts (default 17700; N masters use N ports and their bus ports +10000). */
+  clusterBasePort?: number;
   mix?: boolean;
   /** Also run the same load against these yardstick targets, one after the other, and print ratios. */
   compare?: readonly string[];
@@ -123,24 +129,39 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
     print(
       `\n== ${o.scenario} against ${target} (${params.rate === 0 ? 'max-throughput, bounded in-flight' : `open loop from ${params.rate.toLocaleString('en-US')} events/s`}, ${params.durationMs / 1000} s${o.scenario === 'stress' ? ' per step' : ''})`,
     );
-    const phases = await runLoad({
-      target,
-      ctx: {
-        runId,
-        keyPrefix,
-        redisUrl: o.redisUrl ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-        mix: o.mix ?? false,
-        ...(o.brokerUrl === undefined ? {} : { brokerUrl: o.brokerUrl }),
-      },
-      producers: o.producers ?? 1,
-      payloadBytes: o.payloadBytes ?? 200,
-      maxInFlight: o.maxInFlight ?? 2000,
-      maxBatch: o.maxBatch ?? 500,
-      drainMs: o.drainMs ?? 10_000,
-      nextPhase: planFor(o.scenario, params),
-      onProgress: (p) =>
-        progress(progressLine({ ...p, rate: p.spec.rate, durationMs: p.spec.durationMs, target })),
-    });
+    // redis-cluster:N: a Cluster of N masters of this run's own, for this target only
+    const masters = Number(CLUSTER_TARGET.exec(target)?.[1] ?? 0);
+    const local =
+      masters > 0 ? await startCluster(o.clusterBasePort ?? 17700, { masters, replicas: 0 }) : undefined;
+    if (local)
+      print(
+        `   a local Redis Cluster of ${masters} master${masters > 1 ? 's' : ''} on ports ${local.nodes.map((n) => n.port).join(', ')}`,
+      );
+    const redisCluster = local?.nodes ?? o.redisCluster;
+    let phases: PhaseResult[];
+    try {
+      phases = await runLoad({
+        target,
+        ctx: {
+          runId,
+          keyPrefix,
+          redisUrl: o.redisUrl ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+          mix: o.mix ?? false,
+          ...(o.brokerUrl === undefined ? {} : { brokerUrl: o.brokerUrl }),
+          ...(redisCluster === undefined ? {} : { redisCluster }),
+        },
+        producers: o.producers ?? 1,
+        payloadBytes: o.payloadBytes ?? 200,
+        maxInFlight: o.maxInFlight ?? 2000,
+        maxBatch: o.maxBatch ?? 500,
+        drainMs: o.drainMs ?? 10_000,
+        nextPhase: planFor(o.scenario, params),
+        onProgress: (p) =>
+          progress(progressLine({ ...p, rate: p.spec.rate, durationMs: p.spec.durationMs, target })),
+      });
+    } finally {
+      await local?.stop();
+    }
     if (process.stderr.isTTY && !o.progress) process.stderr.write('\n');
     const checks = verdict(o.scenario, phases, params);
     const svgPath = join(outDir, `${base}-${target}.svg`);

@@ -3,6 +3,7 @@ import { httpTarget, wsTarget } from './gateways.js';
 import { memoryTarget } from './memory.js';
 import { rawRedisTarget } from './raw-redis.js';
 import { redisTarget } from './redis.js';
+import { CLUSTER_TARGET, redisClusterTarget } from './redis-cluster.js';
 import type { Target } from './target.js';
 
 const TARGETS: Record<string, Target> = {
@@ -14,13 +15,19 @@ const TARGETS: Record<string, Target> = {
   http: httpTarget,
 };
 
-/** The names `--target` accepts. */
+/** The names `--target` accepts (`redis-cluster:N`: a local Cluster of N masters, 1-9). */
 export function targetNames(): string[] {
-  return Object.keys(TARGETS);
+  return [...Object.keys(TARGETS), 'redis-cluster', 'redis-cluster:N'];
+}
+
+/** Whether `name` is a target (`redis-cluster:3` included). */
+export function isTargetName(name: string): boolean {
+  return name in TARGETS || CLUSTER_TARGET.test(name);
 }
 
 /** The target called `name`; throws naming the accepted names otherwise. */
 export function targetByName(name: string): Target {
+  if (CLUSTER_TARGET.test(name)) return redisClusterTarget(name);
   const t = TARGETS[name];
   if (!t) throw new Error(`unknown target ${JSON.stringify(name)} (accepted: ${targetNames().join(', ')})`);
   return t;

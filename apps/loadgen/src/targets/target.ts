@@ -21,6 +21,8 @@ export interface TargetContext {
   redisUrl: string;
   /** The broker's base URL, for the ws and http targets. */
   brokerUrl?: string;
+  /** Redis Cluster nodes, for the redis-cluster targets. */
+  redisCluster?: { host: string; port: number }[];
   /** Spread events over the catalogue's families and all five priorities. */
   mix: boolean;
 }
