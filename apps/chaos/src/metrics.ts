@@ -19,8 +19,8 @@ export interface SecondRow {
 
 export interface Recovery {
   label: string;
-  /** ms from the heal until latency was back under the threshold for a second; null: not within the horizon. */
-  recoveryMs: number | null;
+  /** ms from the heal until every event due before it had been handled. */
+  recoveryMs: number;
 }
 
 const quantile = (sorted: readonly number[], q: number) =>
@@ -74,40 +74,25 @@ export function perSecond(
   });
 }
 
-/** The latency a recovered system stays under: 3x the steady-state p99 (events handled outside every fault window), at least 250 ms. */
-export function recoveryThresholdMs(
-  handled: readonly Handled[],
-  windows: readonly FaultWindow[],
-  afterMs: number,
-): number {
-  const steady = handled
-    .filter((h) => !windows.some((w) => h.t >= w.start && h.t <= w.end + afterMs))
-    .map((h) => h.latencyMs)
-    .sort((a, b) => a - b);
-  return Math.max(250, 3 * quantile(steady, 0.99));
-}
-
 /**
- * Recovery time of each fault: from its heal until the last handled event
- * whose latency is over `thresholdMs`, looking up to the next fault (or
- * `horizon`), so a backlog that drains late counts in full. 0 when nothing
- * was slow after the heal; null when events were still slow in the last
- * second before the next fault (not recovered in time).
+ * Recovery time of each fault: from its heal until the last event that was
+ * due before the heal had been handled in every subscription set (its first
+ * successful call), i.e. until the backlog the fault built up had drained.
+ * 0 when nothing due before the heal was handled after it. Lost events do
+ * not count (the verdict deals with them). Measured on events rather than on
+ * a latency threshold: a threshold made a steady-state latency spike seconds
+ * later look like a slow recovery.
  */
 export function recoveries(
   handled: readonly Handled[],
   windows: readonly FaultWindow[],
-  thresholdMs: number,
-  horizon: number,
   label: (w: FaultWindow) => string,
 ): Recovery[] {
-  const sorted = [...windows].sort((a, b) => a.start - b.start);
-  return sorted.map((w, i) => {
-    const until = sorted[i + 1]?.start ?? horizon;
-    let lastSlow = -1;
-    for (const h of handled) if (h.t >= w.end && h.t < until && h.latencyMs > thresholdMs) lastSlow = h.t;
-    if (lastSlow < 0) return { label: label(w), recoveryMs: 0 };
-    if (lastSlow >= until - 1000) return { label: label(w), recoveryMs: null };
-    return { label: label(w), recoveryMs: Math.round(lastSlow - w.end) };
-  });
+  return [...windows]
+    .sort((a, b) => a.start - b.start)
+    .map((w) => {
+      let last = w.end;
+      for (const h of handled) if (h.t - h.latencyMs <= w.end && h.t > last) last = h.t;
+      return { label: label(w), recoveryMs: Math.round(last - w.end) };
+    });
 }

@@ -14,7 +14,7 @@ import {
 } from './classify.js';
 import { type FaultWorld, selectFaults, type Topology } from './faults/index.js';
 import { parseLines, readLedger } from './ledger.js';
-import { handledEvents, perSecond, recoveries, recoveryThresholdMs } from './metrics.js';
+import { handledEvents, perSecond, recoveries } from './metrics.js';
 import { type MemorySample, writeReport } from './report.js';
 import { buildSchedule } from './schedule.js';
 import { ChildProc, clusterControl, faultWorld, redisControl } from './world.js';
@@ -296,7 +296,6 @@ export async function runChaos(
   });
   const handled = handledEvents(records);
   const seconds = Math.ceil(o.durationMs / 1000) + 5;
-  const threshold = recoveryThresholdMs(handled, windows, AFTER_MS);
   const memory = parseLines<MemorySample>(readFileSyncSafe(join(dir, 'memory.jsonl')));
   writeReport(dir, {
     options: o,
@@ -305,8 +304,7 @@ export async function runChaos(
     windows,
     classification,
     seconds: perSecond(records, handled, t0, seconds),
-    recoveries: recoveries(handled, windows, threshold, t0 + o.durationMs, faultLabel),
-    recoveryThresholdMs: threshold,
+    recoveries: recoveries(handled, windows, faultLabel),
     memory,
     notes,
   });
