@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parseArgs } from '../src/cli.js';
 import { runScenario } from '../src/run-scenario.js';
 import type { ScenarioName } from '../src/scenarios.js';
 
@@ -137,6 +138,61 @@ describe('the bus on Redis beside raw-redis and BullMQ yardsticks, separate proc
     } finally {
       redis.disconnect();
     }
+  });
+});
+
+describe('the bus on Redis Cluster: redis-cluster:N starts its own Cluster of N masters for its run', () => {
+  it('1 and 3 masters beside each other in one run: every event once, the Clusters stopped, their keys gone', async () => {
+    const prefix = `qe-test:loadgen:${Math.random().toString(36).slice(2, 10)}`;
+    const r = await runScenario({
+      scenario: 'latency',
+      target: 'redis-cluster:3',
+      compare: ['redis-cluster:1'],
+      params: { rate: 2000, durationMs: 500 },
+      keyPrefix: prefix,
+      clusterBasePort: 17760,
+      outDir: out,
+      ...quiet,
+    });
+    expect(r.runs.map((x) => x.target)).toEqual(['redis-cluster:3', 'redis-cluster:1']);
+    for (const run of r.runs) {
+      const p = run.phases[0]!;
+      expect(p.counts.sent).toBe(1000);
+      expect(p.counts.lost).toBe(0);
+      expect(p.counts.duplicates).toBe(0);
+    }
+    // the Clusters are gone: nothing answers on their ports
+    const probe = new Redis({
+      port: 17760,
+      lazyConnect: true,
+      retryStrategy: () => null,
+      maxRetriesPerRequest: 0,
+    });
+    probe.on('error', () => {});
+    await expect(probe.connect()).rejects.toThrow();
+    probe.disconnect();
+  }, 120_000);
+
+  it('plain redis-cluster without nodes fails clearly, and --redis-cluster is checked', async () => {
+    await expect(
+      runScenario({
+        scenario: 'latency',
+        target: 'redis-cluster',
+        params: { rate: 100, durationMs: 100 },
+        outDir: out,
+        ...quiet,
+      }),
+    ).rejects.toThrow(/needs Cluster nodes: --redis-cluster/);
+    expect(() => parseArgs(['latency', '--target', 'redis-cluster', '--redis-cluster', 'localhost'])).toThrow(
+      /--redis-cluster "localhost": expected host:port/,
+    );
+    expect(
+      parseArgs(['latency', '--target', 'redis-cluster', '--redis-cluster', 'a:1,b:2']).redisCluster,
+    ).toEqual([
+      { host: 'a', port: 1 },
+      { host: 'b', port: 2 },
+    ]);
+    expect(() => parseArgs(['latency', '--target', 'redis-cluster:0'])).toThrow(/unknown target/);
   });
 });
 

@@ -92,6 +92,10 @@ export async function startCluster(base: number, shape: ClusterShape = {}): Prom
         `nodes-${port}.conf`,
         '--cluster-node-timeout',
         '1000',
+        // a node that never met another does not know its own address and reports it as '' in
+        // CLUSTER SLOTS (a one-master Cluster): clients then cannot connect
+        '--cluster-announce-ip',
+        '127.0.0.1',
         '--appendonly',
         'no',
         // replicas must be in sync before a failover test kills their master
