@@ -356,6 +356,8 @@ export class RedisStreamsTransport implements Transport {
     unreplicated: 0,
     /** Times a Cluster partition became unavailable (its node failed a read or a probe). */
     partitionOutages: 0,
+    /** Consumer groups found missing and re-created: Redis lost its data (see `groupLost`). */
+    groupsLost: 0,
   };
   /** Cluster partitions whose node does not answer, since when and why (see `markPartition`). */
   private readonly partitionsDown = new Map<number, { since: number; error: string; seen: number }>();
@@ -432,6 +434,22 @@ export class RedisStreamsTransport implements Transport {
       this.prober = setInterval(() => void this.probePartitions(), PROBE_EVERY_MS);
       this.prober.unref();
     }
+  }
+
+  /**
+   * A consumer found its group missing and re-created it: Redis lost its data
+   * (a restart without persistence, a failover before replication), and what
+   * the group had not read is gone. Counted (`groupsLost`), logged, reported.
+   */
+  groupLost(group: string): void {
+    this.counters.groupsLost++;
+    this.logger.warn('consumer group missing: Redis lost its data; re-created it', { group });
+    this.reportError(
+      new TransportError(
+        `redis: consumer group ${group} was missing and has been re-created: Redis lost its data (a restart without persistence, or a failover before replication); entries stored before the loss are gone`,
+        { details: { group } },
+      ),
+    );
   }
 
   /** Connection errors come in bursts while Redis is away: report at most one per second. */
@@ -1625,8 +1643,11 @@ class StreamConsumer implements TransportConsumer {
   private async onReadError(err: Error, backoff: number): Promise<number> {
     if (/NOGROUP/.test(err.message)) {
       // Redis lost its data (restart without persistence, failover before replication): start over
-      this.transport.logger.warn('consumer group missing; re-creating', { group: this.group });
-      await this.ensureGroups('0').catch(() => {});
+      const recreated = await this.ensureGroups('0').then(
+        () => true,
+        () => false,
+      );
+      if (recreated) this.transport.groupLost(this.group);
     } else this.transport.throttledError(err);
     const next = Math.min(2000, Math.max(50, backoff * 2));
     await this.pause_(next);

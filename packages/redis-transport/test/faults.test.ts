@@ -178,6 +178,43 @@ describe('redis faults', () => {
     expect(consumer.isConnected()).toBe(true);
   });
 
+  it('redis-server restarted without persistence: the lost group is re-created, counted, logged and reported, and new events flow', async () => {
+    const server: RedisProcess = await startRedis(7111, ['--appendonly', 'no', '--save', '']);
+    cleanups.push(async () => {
+      await server.stop();
+      server.cleanup();
+    });
+    const url = `redis://127.0.0.1:${server.port}`;
+    const keyPrefix = uniquePrefix('wipe');
+    const producer = await bus({ url, keyPrefix });
+    const consumer = await bus({ url, keyPrefix });
+    const errors: Error[] = [];
+    consumer.on('error', (e) => void errors.push(e as Error));
+    const handled = new Set<string>();
+    await consumer.subscribe('wipe.*', (e) => void handled.add(e.id), { group: 'g' }).ready;
+    const before = await producer.publish(ev('wipe.x', { n: 1 }));
+    await waitFor(() => handled.has(before.id), 'an event before the wipe');
+    expect(consumer.transport.stats().groupsLost).toBe(0);
+    await server.stop('SIGKILL');
+    await server.restart();
+    await waitFor(
+      () => (consumer.transport.stats().groupsLost as number) >= 1,
+      'the lost group counted',
+      20_000,
+    );
+    expect(errors.some((e) => /consumer group .* was missing .* Redis lost its data/.test(e.message))).toBe(
+      true,
+    );
+    let after: AgentEvent | undefined;
+    await waitFor(
+      async () =>
+        (after = await producer.publish(ev('wipe.x', { n: 2 })).catch(() => undefined)) !== undefined,
+      'publishing again',
+      20_000,
+    );
+    await waitFor(() => handled.has(after!.id), 'an event after the wipe handled', 20_000);
+  });
+
   it('a connection cut by a TCP proxy: consumption resumes by itself and nothing acknowledged is lost', async () => {
     const proxy = await startProxy(6379);
     cleanups.push(() => proxy.close());
