@@ -50,10 +50,12 @@ async function serve(arm: Arm): Promise<void> {
   let ports: { http: number; h2c: number };
   let close: () => Promise<void>;
   if (arm === 'bare') {
-    const onRequest = (
-      req: IncomingMessage | Http2ServerRequest,
-      res: ServerResponse | Http2ServerResponse,
-    ) => {
+    // what both protocols' responses share (their writeHead overloads do not unify)
+    type Reply = {
+      writeHead(status: number, headers: Record<string, string | number>): unknown;
+      end(body: string): unknown;
+    };
+    const onRequest = (req: IncomingMessage | Http2ServerRequest, res: Reply) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
@@ -63,8 +65,8 @@ async function serve(arm: Arm): Promise<void> {
         res.end(body);
       });
     };
-    const h1 = createServer(onRequest);
-    const h2 = createH2cServer(onRequest);
+    const h1 = createServer((req, res: ServerResponse) => onRequest(req, res));
+    const h2 = createH2cServer((req, res: Http2ServerResponse) => onRequest(req, res));
     await Promise.all([h1, h2].map((s) => new Promise<void>((r) => s.listen(0, '127.0.0.1', r))));
     ports = { http: (h1.address() as AddressInfo).port, h2c: (h2.address() as AddressInfo).port };
     close = async () => {

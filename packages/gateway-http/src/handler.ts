@@ -116,10 +116,10 @@ export class HttpError extends EventBusError {
 }
 
 interface Principal {
-  id: string;
-  permissions: Permissions;
+  readonly id: string;
+  readonly permissions: Permissions;
   /** Epoch ms; 0 when there is no token. */
-  expiresAt: number;
+  readonly expiresAt: number;
 }
 
 /**
@@ -133,13 +133,24 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
   const refuse = (code: string) => (stats.refused[code] = (stats.refused[code] ?? 0) + 1);
 
   /** JSON reply; gzip when configured, accepted by the client and worth it (1 KiB or more). */
-  const send = (res: Res, status: number, body: unknown, headers: Record<string, string> = {}, req?: Req) => {
+  const send = (res: Res, status: number, body: unknown, headers?: Record<string, string>, req?: Req) => {
     if (res.headersSent) return;
     const text = JSON.stringify(body);
     const gzip =
       ctx.compression &&
       text.length >= 1024 &&
       /\bgzip\b/.test(String(req?.headers['accept-encoding'] ?? ''));
+    if (!gzip && headers === undefined) {
+      // the common reply (a publish's 202): one literal, no spreads
+      res.writeHead(status, {
+        'content-type': JSON_HEADERS['content-type'],
+        'x-content-type-options': JSON_HEADERS['x-content-type-options'],
+        'cache-control': JSON_HEADERS['cache-control'],
+        'content-length': Buffer.byteLength(text),
+      });
+      res.end(text);
+      return;
+    }
     const payload = gzip ? gzipSync(text) : text;
     res.writeHead(status, {
       ...JSON_HEADERS,
@@ -209,21 +220,28 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
       req.on('error', (err) => settle(() => reject(err)));
     });
 
+  // the verifier hands back the same object for a token it remembers: its principal is worked out once
+  const principals = new WeakMap<VerifiedToken, Principal>();
   const principalOf = async (req: Req, url: URL): Promise<Principal> => {
     if (!ctx.verify)
       return { id: `ip:${req.socket?.remoteAddress ?? 'unknown'}`, permissions: ALLOW_ALL, expiresAt: 0 };
-    const token = extractToken(req.headers as Record<string, string>, `?${url.searchParams}`);
+    const token = extractToken(req.headers as Record<string, string>, url.search);
     if (!token) throw new UnauthorizedError('a bearer token is required');
     const v = await ctx.verify(token);
-    return {
-      id: `sub:${v.subject}`,
-      permissions: permissionsFromClaims(
-        v.claims,
-        ctx.auth?.permissionsClaim ?? 'qe',
-        ctx.auth?.defaultPermissions,
-      ),
-      expiresAt: v.expiresAt,
-    };
+    let who = principals.get(v);
+    if (who === undefined) {
+      who = {
+        id: `sub:${v.subject}`,
+        permissions: permissionsFromClaims(
+          v.claims,
+          ctx.auth?.permissionsClaim ?? 'qe',
+          ctx.auth?.defaultPermissions,
+        ),
+        expiresAt: v.expiresAt,
+      };
+      principals.set(v, who);
+    }
+    return who;
   };
 
   const cors = (req: Req, res: Res): boolean => {
@@ -328,7 +346,7 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
             limit,
             ...(since === undefined ? {} : { since }),
           });
-          return send(res, 200, { events }, {}, req);
+          return send(res, 200, { events }, undefined, req);
         }
         case 'GET /events/stream':
           return await stream(req, res, url, who);
