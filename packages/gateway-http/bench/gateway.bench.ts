@@ -13,7 +13,7 @@
  * number of streams in flight on one session, for both arms alike.
  * Arms alternate for QE_BENCH_ROUNDS rounds of QE_BENCH_SECONDS each; medians.
  *
- * QE_BENCH_PROFILE=gateway (or bare, or both) starts that child under `node --cpu-prof`
+ * QE_BENCH_PROFILE=gateway (or bare, or all) starts that child under `node --cpu-prof`
  * (profiles in packages/gateway-http/.bench-prof/).
  */
 import { type ChildProcess, fork } from 'node:child_process';
@@ -104,7 +104,7 @@ interface Server {
 }
 
 async function start(arm: Arm): Promise<Server> {
-  const profile = ['both', arm].includes(process.env.QE_BENCH_PROFILE ?? '');
+  const profile = ['all', arm].includes(process.env.QE_BENCH_PROFILE ?? '');
   const child = fork(fileURLToPath(import.meta.url), ['serve', arm], {
     execArgv: [
       ...process.execArgv,

@@ -15,7 +15,7 @@
  * per frame (`events: [...]`).
  * Arms alternate for QE_BENCH_ROUNDS rounds of QE_BENCH_SECONDS each; medians.
  *
- * QE_BENCH_PROFILE=1 starts the gateway child under `node --cpu-prof`
+ * QE_BENCH_PROFILE=gateway (or bare, corked, all) starts that child under `node --cpu-prof`
  * (profiles in packages/gateway-ws/.bench-prof/).
  */
 import { type ChildProcess, fork } from 'node:child_process';
@@ -33,6 +33,8 @@ const CONNECTIONS = Number(process.env.QE_BENCH_CONNECTIONS ?? 4);
 const WINDOW = Number(process.env.QE_BENCH_WINDOW ?? 64);
 const SECONDS = Number(process.env.QE_BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.QE_BENCH_ROUNDS ?? 3);
+/** QE_BENCH_ONLY=fanout skips the publish arms (to profile the fan-out alone). */
+const PUBLISH = process.env.QE_BENCH_ONLY !== 'fanout';
 const EVENT = { type: 'bench.created', agentId: 'agent-1', data: { task: 'summarise', tokens: 1234 } };
 const EVENT_JSON = JSON.stringify(EVENT);
 const BATCH_JSON = (n: number) => JSON.stringify(Array.from({ length: n }, () => EVENT));
@@ -96,7 +98,7 @@ interface Server {
 }
 
 async function start(arm: Arm): Promise<Server> {
-  const profile = arm === 'gateway' && process.env.QE_BENCH_PROFILE === '1';
+  const profile = ['all', arm].includes(process.env.QE_BENCH_PROFILE ?? '');
   const dir = fileURLToPath(new URL('../.bench-prof', import.meta.url));
   const child = fork(fileURLToPath(import.meta.url), ['serve', arm], {
     execArgv: [...process.execArgv, ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [])],
@@ -253,13 +255,15 @@ async function main(): Promise<void> {
   };
   try {
     // a short warm-up, not counted: the first second is JIT compilation
-    for (const arm of ['bare', 'corked', 'gateway'] as const) await publishRate(servers[arm].port, token, 1);
+    if (PUBLISH)
+      for (const arm of ['bare', 'corked', 'gateway'] as const)
+        await publishRate(servers[arm].port, token, 1);
     await fanOut(servers.gateway.port, token, 1, 1);
     await fanOut(servers.gateway.port, token, 100, 1);
     for (let round = 0; round < ROUNDS; round++) {
       // alternate which arm goes first, so neither always meets the warmer (or busier) machine
       const order: Arm[] = round % 2 ? ['gateway', 'corked', 'bare'] : ['bare', 'corked', 'gateway'];
-      for (const arm of order) rates[arm].push(await publishRate(servers[arm].port, token));
+      if (PUBLISH) for (const arm of order) rates[arm].push(await publishRate(servers[arm].port, token));
       rates.fan1.push(await fanOut(servers.gateway.port, token, 1));
       rates.fan100.push(await fanOut(servers.gateway.port, token, 100));
     }
@@ -279,11 +283,13 @@ async function main(): Promise<void> {
       .map((x) => x.toFixed(2))
       .join(' ')}`,
   );
-  console.log(`${CONNECTIONS} connections x ${WINDOW} publishes in flight`);
-  for (const arm of ['bare', 'corked', 'gateway'] as const)
-    console.log(`  ${arm.padEnd(8)} ${fmt(median(rates[arm])).padStart(8)} acks/s   ${runs(rates[arm])}`);
-  console.log(`  ratio gateway/bare   ${ratio(rates.bare)}`);
-  console.log(`  ratio gateway/corked ${ratio(rates.corked)}`);
+  if (PUBLISH) {
+    console.log(`${CONNECTIONS} connections x ${WINDOW} publishes in flight`);
+    for (const arm of ['bare', 'corked', 'gateway'] as const)
+      console.log(`  ${arm.padEnd(8)} ${fmt(median(rates[arm])).padStart(8)} acks/s   ${runs(rates[arm])}`);
+    console.log(`  ratio gateway/bare   ${ratio(rates.bare)}`);
+    console.log(`  ratio gateway/corked ${ratio(rates.corked)}`);
+  }
   console.log('fan-out: ws publisher -> gateway -> bus -> gateway -> ws subscriber');
   console.log(
     `  1 event per frame     ${fmt(median(rates.fan1)).padStart(8)} events/s   ${runs(rates.fan1)}`,
