@@ -17,6 +17,7 @@
  * (profiles in packages/gateway-http/.bench-prof/).
  */
 import { type ChildProcess, fork } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
@@ -37,6 +38,8 @@ const CONNECTIONS = Number(process.env.QE_BENCH_CONNECTIONS ?? 32);
 const STREAMS = Number(process.env.QE_BENCH_STREAMS ?? 32);
 const SECONDS = Number(process.env.QE_BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.QE_BENCH_ROUNDS ?? 3);
+/** QE_BENCH_ONLY=http1 or h2c runs that protocol alone (to profile it). */
+const PROTOCOLS = process.env.QE_BENCH_ONLY ? [process.env.QE_BENCH_ONLY] : ['http1', 'h2c'];
 const BODY = JSON.stringify({
   type: 'bench.created',
   agentId: 'agent-1',
@@ -59,9 +62,20 @@ async function serve(arm: Arm): Promise<void> {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        const event = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { type: string };
-        const body = `{"ids":["${event.type.length}"]}`;
-        res.writeHead(202, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+        const event = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { type?: unknown };
+        if (typeof event?.type !== 'string') {
+          res.writeHead(400, { 'content-length': 0 });
+          return void res.end('');
+        }
+        // the gateway's reply, the same size (its headers, an id as long as a UUID), so that both
+        // arms cost the client the same and the ratio is the gateway's work alone
+        const body = `{"ids":["${randomUUID()}"]}`;
+        res.writeHead(202, {
+          'content-type': 'application/json; charset=utf-8',
+          'x-content-type-options': 'nosniff',
+          'cache-control': 'no-store',
+          'content-length': Buffer.byteLength(body),
+        });
         res.end(body);
       });
     };
@@ -201,14 +215,16 @@ async function main(): Promise<void> {
   try {
     // a short warm-up per arm and protocol, not counted: the first seconds are JIT compilation
     for (const arm of ['bare', 'gateway'] as const) {
-      await http1(servers[arm].ports.http, token, 1);
-      await h2c(servers[arm].ports.h2c, token, 1);
+      if (PROTOCOLS.includes('http1')) await http1(servers[arm].ports.http, token, 1);
+      if (PROTOCOLS.includes('h2c')) await h2c(servers[arm].ports.h2c, token, 1);
     }
     for (let round = 0; round < ROUNDS; round++) {
       // alternate which arm goes first, so neither always meets the warmer (or busier) machine
       const order: Arm[] = round % 2 ? ['gateway', 'bare'] : ['bare', 'gateway'];
-      for (const arm of order) rates.http1[arm].push(await http1(servers[arm].ports.http, token));
-      for (const arm of order) rates.h2c[arm].push(await h2c(servers[arm].ports.h2c, token));
+      if (PROTOCOLS.includes('http1'))
+        for (const arm of order) rates.http1[arm].push(await http1(servers[arm].ports.http, token));
+      if (PROTOCOLS.includes('h2c'))
+        for (const arm of order) rates.h2c[arm].push(await h2c(servers[arm].ports.h2c, token));
     }
   } finally {
     await Promise.all([stop(servers.bare), stop(servers.gateway)]);
@@ -226,6 +242,7 @@ async function main(): Promise<void> {
     ['http1', `HTTP/1.1 autocannon, ${CONNECTIONS} connections, keep-alive, no pipelining`],
     ['h2c', `h2c own client, 1 session, ${STREAMS} streams in flight`],
   ] as const) {
+    if (!PROTOCOLS.includes(proto)) continue;
     const bare = median(rates[proto].bare);
     const gw = median(rates[proto].gateway);
     console.log(`${label}`);
