@@ -19,6 +19,7 @@
  * (profiles in packages/gateway-ws/.bench-prof/).
  */
 import { type ChildProcess, fork } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import type { AddressInfo, Socket } from 'node:net';
 import { loadavg } from 'node:os';
@@ -48,7 +49,6 @@ async function serve(arm: Arm): Promise<void> {
   if (arm !== 'gateway') {
     const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false });
     await once(wss, 'listening');
-    let n = 0;
     // `corked`: the acks of one tick leave in one write, as the gateway's do (else each send is a syscall)
     const corked: Socket[] = [];
     const uncorkAll = () => {
@@ -58,12 +58,14 @@ async function serve(arm: Arm): Promise<void> {
     wss.on('connection', (ws, req) => {
       const socket = req.socket as Socket;
       ws.on('message', (data) => {
-        const msg = JSON.parse(data.toString()) as { id: number; event: { type: string } };
+        const msg = JSON.parse(data.toString()) as { id: number; event?: { type?: unknown } };
+        if (typeof msg.event?.type !== 'string') return void ws.send('{"op":"error"}');
         if (arm === 'corked' && !corked.includes(socket)) {
           socket.cork();
           if (corked.push(socket) === 1) process.nextTick(uncorkAll);
         }
-        ws.send(`{"op":"ack","id":${JSON.stringify(msg.id)},"ids":["${msg.event.type}-${++n}"]}`);
+        // the gateway's ack, the same size (an id as long as a UUID)
+        ws.send(`{"op":"ack","id":${JSON.stringify(msg.id)},"ids":["${randomUUID()}"]}`);
       });
     });
     port = (wss.address() as AddressInfo).port;
