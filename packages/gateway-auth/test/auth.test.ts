@@ -272,6 +272,10 @@ describe('safe JSON', () => {
     expect(parseJsonSafe('['.repeat(65) + ']'.repeat(65))).toBeDefined();
     expect(() => parseJsonSafe('['.repeat(66) + ']'.repeat(66))).toThrow(/nested deeper/);
     expect(() => parseJsonSafe('['.repeat(100) + ']'.repeat(100))).toThrow(/nested deeper/);
+    // objects and arrays count together
+    const mixed = (n: number) => '{"a":'.repeat(n) + '['.repeat(n) + ']'.repeat(n) + '}'.repeat(n);
+    expect(() => parseJsonSafe(mixed(33))).toThrow(/nested deeper/);
+    expect(parseJsonSafe(mixed(32))).toBeDefined();
     expect(({} as Record<string, unknown>).x).toBeUndefined();
   });
 });

@@ -34,8 +34,9 @@ const CONNECTIONS = Number(process.env.QE_BENCH_CONNECTIONS ?? 4);
 const WINDOW = Number(process.env.QE_BENCH_WINDOW ?? 64);
 const SECONDS = Number(process.env.QE_BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.QE_BENCH_ROUNDS ?? 3);
-/** QE_BENCH_ONLY=fanout skips the publish arms (to profile the fan-out alone). */
+/** QE_BENCH_ONLY=publish or fanout runs that part alone (to profile it). */
 const PUBLISH = process.env.QE_BENCH_ONLY !== 'fanout';
+const FANOUT = process.env.QE_BENCH_ONLY !== 'publish';
 const EVENT = { type: 'bench.created', agentId: 'agent-1', data: { task: 'summarise', tokens: 1234 } };
 const EVENT_JSON = JSON.stringify(EVENT);
 const BATCH_JSON = (n: number) => JSON.stringify(Array.from({ length: n }, () => EVENT));
@@ -260,14 +261,18 @@ async function main(): Promise<void> {
     if (PUBLISH)
       for (const arm of ['bare', 'corked', 'gateway'] as const)
         await publishRate(servers[arm].port, token, 1);
-    await fanOut(servers.gateway.port, token, 1, 1);
-    await fanOut(servers.gateway.port, token, 100, 1);
+    if (FANOUT) {
+      await fanOut(servers.gateway.port, token, 1, 1);
+      await fanOut(servers.gateway.port, token, 100, 1);
+    }
     for (let round = 0; round < ROUNDS; round++) {
       // alternate which arm goes first, so neither always meets the warmer (or busier) machine
       const order: Arm[] = round % 2 ? ['gateway', 'corked', 'bare'] : ['bare', 'corked', 'gateway'];
       if (PUBLISH) for (const arm of order) rates[arm].push(await publishRate(servers[arm].port, token));
-      rates.fan1.push(await fanOut(servers.gateway.port, token, 1));
-      rates.fan100.push(await fanOut(servers.gateway.port, token, 100));
+      if (FANOUT) {
+        rates.fan1.push(await fanOut(servers.gateway.port, token, 1));
+        rates.fan100.push(await fanOut(servers.gateway.port, token, 100));
+      }
     }
   } finally {
     await Promise.all([stop(servers.bare), stop(servers.corked), stop(servers.gateway)]);
@@ -292,6 +297,7 @@ async function main(): Promise<void> {
     console.log(`  ratio gateway/bare   ${ratio(rates.bare)}`);
     console.log(`  ratio gateway/corked ${ratio(rates.corked)}`);
   }
+  if (!FANOUT) return;
   console.log('fan-out: ws publisher -> gateway -> bus -> gateway -> ws subscriber');
   console.log(
     `  1 event per frame     ${fmt(median(rates.fan1)).padStart(8)} events/s   ${runs(rates.fan1)}`,
