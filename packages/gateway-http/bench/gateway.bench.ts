@@ -105,6 +105,7 @@ async function serve(arm: Arm): Promise<void> {
   }
   process.send!({ ports });
   process.on('message', async (m) => {
+    if (m === 'cpu') return void process.send!({ cpu: process.cpuUsage() });
     if (m !== 'stop') return;
     await close();
     process.exit(0); // writes the --cpu-prof profile
@@ -131,13 +132,36 @@ async function start(arm: Arm): Promise<Server> {
   return { child, ports: msg.ports };
 }
 
+/** CPU microseconds (user + system) the server's process has used so far. */
+async function cpuOf(s: Server): Promise<number> {
+  s.child.send('cpu');
+  const [msg] = (await once(s.child, 'message')) as [{ cpu: NodeJS.CpuUsage }];
+  return msg.cpu.user + msg.cpu.system;
+}
+
+interface Run {
+  rate: number;
+  requests: number;
+}
+
+/**
+ * One run against one server: its rate, and the server's CPU time per request,
+ * which a loaded machine disturbs far less than the rate (a server that waits
+ * for the CPU uses none meanwhile).
+ */
+async function measure(s: Server, run: () => Promise<Run>): Promise<{ rate: number; cpuUs: number }> {
+  const before = await cpuOf(s);
+  const r = await run();
+  return { rate: r.rate, cpuUs: ((await cpuOf(s)) - before) / r.requests };
+}
+
 async function stop(s: Server): Promise<void> {
   const exited = once(s.child, 'exit');
   s.child.send('stop');
   await exited;
 }
 
-async function http1(port: number, token: string, seconds = SECONDS): Promise<number> {
+async function http1(port: number, token: string, seconds = SECONDS): Promise<Run> {
   const r = await autocannon({
     url: `http://127.0.0.1:${port}/events`,
     method: 'POST',
@@ -149,11 +173,11 @@ async function http1(port: number, token: string, seconds = SECONDS): Promise<nu
   });
   if (r.non2xx > 0 || r.errors > 0 || r['2xx'] === 0)
     throw new Error(`HTTP/1.1 run failed: ${r['2xx']} 2xx, ${r.non2xx} other, ${r.errors} errors`);
-  return r['2xx'] / (r.duration || seconds);
+  return { rate: r['2xx'] / (r.duration || seconds), requests: r['2xx'] };
 }
 
 /** `STREAMS` requests in flight on one h2c session for `seconds`; completed requests per second. */
-async function h2c(port: number, token: string, seconds = SECONDS): Promise<number> {
+async function h2c(port: number, token: string, seconds = SECONDS): Promise<Run> {
   const session = connect(`http://127.0.0.1:${port}`);
   await once(session, 'connect');
   const headers = {
@@ -192,7 +216,7 @@ async function h2c(port: number, token: string, seconds = SECONDS): Promise<numb
   const elapsed = (performance.now() - t0) / 1000;
   session.close();
   if (failed > 0 || done === 0) throw new Error(`h2c run failed: ${done} ok, ${failed} failed`);
-  return done / elapsed;
+  return { rate: done / elapsed, requests: done };
 }
 
 const median = (xs: number[]) => {
@@ -208,9 +232,10 @@ async function main(): Promise<void> {
     .setExpirationTime('1h')
     .sign(new TextEncoder().encode(SECRET));
   const servers = { bare: await start('bare'), gateway: await start('gateway') };
+  type Runs = { rate: number; cpuUs: number }[];
   const rates = {
-    http1: { bare: [] as number[], gateway: [] as number[] },
-    h2c: { bare: [] as number[], gateway: [] as number[] },
+    http1: { bare: [] as Runs, gateway: [] as Runs },
+    h2c: { bare: [] as Runs, gateway: [] as Runs },
   };
   try {
     // a short warm-up per arm and protocol, not counted: the first seconds are JIT compilation
@@ -222,9 +247,11 @@ async function main(): Promise<void> {
       // alternate which arm goes first, so neither always meets the warmer (or busier) machine
       const order: Arm[] = round % 2 ? ['gateway', 'bare'] : ['bare', 'gateway'];
       if (PROTOCOLS.includes('http1'))
-        for (const arm of order) rates.http1[arm].push(await http1(servers[arm].ports.http, token));
+        for (const arm of order)
+          rates.http1[arm].push(await measure(servers[arm], () => http1(servers[arm].ports.http, token)));
       if (PROTOCOLS.includes('h2c'))
-        for (const arm of order) rates.h2c[arm].push(await h2c(servers[arm].ports.h2c, token));
+        for (const arm of order)
+          rates.h2c[arm].push(await measure(servers[arm], () => h2c(servers[arm].ports.h2c, token)));
     }
   } finally {
     await Promise.all([stop(servers.bare), stop(servers.gateway)]);
@@ -243,15 +270,22 @@ async function main(): Promise<void> {
     ['h2c', `h2c own client, 1 session, ${STREAMS} streams in flight`],
   ] as const) {
     if (!PROTOCOLS.includes(proto)) continue;
-    const bare = median(rates[proto].bare);
-    const gw = median(rates[proto].gateway);
+    const runs = rates[proto];
+    const rate = (arm: Arm) => median(runs[arm].map((r) => r.rate));
+    const cpu = (arm: Arm) => median(runs[arm].map((r) => r.cpuUs));
     console.log(`${label}`);
-    console.log(`  bare     ${fmt(bare).padStart(8)} req/s   (${rates[proto].bare.map(fmt).join(', ')})`);
-    console.log(`  gateway  ${fmt(gw).padStart(8)} req/s   (${rates[proto].gateway.map(fmt).join(', ')})`);
+    for (const arm of ['bare', 'gateway'] as const)
+      console.log(
+        `  ${arm.padEnd(8)} ${fmt(rate(arm)).padStart(8)} req/s   (${runs[arm].map((r) => fmt(r.rate)).join(', ')})   server CPU ${cpu(arm).toFixed(1)} us/req`,
+      );
     // each round's two runs are neighbours in time: the median of their ratios is the steadier figure
-    const paired = median(rates[proto].gateway.map((g, i) => g / rates[proto].bare[i]!));
+    const paired = median(runs.gateway.map((g, i) => g.rate / runs.bare[i]!.rate));
     console.log(
-      `  ratio gateway/bare ${(gw / bare).toFixed(2)} (of medians), ${paired.toFixed(2)} (median of per-round ratios)`,
+      `  ratio gateway/bare ${(rate('gateway') / rate('bare')).toFixed(2)} (of medians), ${paired.toFixed(2)} (median of per-round ratios)`,
+    );
+    // CPU per request hardly depends on how busy the machine is: the same ratio, from cost instead of rate
+    console.log(
+      `  ratio by server CPU per request, bare/gateway ${(cpu('bare') / cpu('gateway')).toFixed(2)}`,
     );
   }
 }
