@@ -88,6 +88,7 @@ async function serve(arm: Arm): Promise<void> {
   }
   process.send!({ port });
   process.on('message', async (m) => {
+    if (m === 'cpu') return void process.send!({ cpu: process.cpuUsage() });
     if (m !== 'stop') return;
     await close();
     process.exit(0); // writes the --cpu-prof profile
@@ -108,6 +109,29 @@ async function start(arm: Arm): Promise<Server> {
   });
   const [msg] = (await once(child, 'message')) as [{ port: number }];
   return { child, port: msg.port };
+}
+
+/** CPU microseconds (user + system) the server's process has used so far. */
+async function cpuOf(s: Server): Promise<number> {
+  s.child.send('cpu');
+  const [msg] = (await once(s.child, 'message')) as [{ cpu: NodeJS.CpuUsage }];
+  return msg.cpu.user + msg.cpu.system;
+}
+
+interface Run {
+  rate: number;
+  /** Acks (publish) or events delivered (fan-out). */
+  count: number;
+}
+
+/**
+ * One run against one server: its rate, and the server's CPU time per ack or
+ * delivered event, which a loaded machine disturbs far less than the rate.
+ */
+async function measure(s: Server, run: () => Promise<Run>): Promise<{ rate: number; cpuUs: number }> {
+  const before = await cpuOf(s);
+  const r = await run();
+  return { rate: r.rate, cpuUs: ((await cpuOf(s)) - before) / r.count };
 }
 
 async function stop(s: Server): Promise<void> {
@@ -147,7 +171,7 @@ async function open(port: number, token: string): Promise<{ ws: WebSocket; send(
 }
 
 /** Frames with a numeric id, `window` in flight per connection, for `seconds`; acks per second. */
-async function publishRate(port: number, token: string, seconds = SECONDS): Promise<number> {
+async function publishRate(port: number, token: string, seconds = SECONDS): Promise<Run> {
   const conns = await Promise.all(Array.from({ length: CONNECTIONS }, () => open(port, token)));
   let acked = 0;
   let failed = 0;
@@ -178,11 +202,11 @@ async function publishRate(port: number, token: string, seconds = SECONDS): Prom
   const elapsed = (performance.now() - t0) / 1000;
   for (const c of conns) c.ws.close();
   if (failed > 0 || acked === 0) throw new Error(`publish run failed: ${acked} acked, ${failed} refused`);
-  return acked / elapsed;
+  return { rate: acked / elapsed, count: acked };
 }
 
 /** One publisher, one subscriber on the gateway: events per second delivered to the subscriber. */
-async function fanOut(port: number, token: string, perFrame: number, seconds = SECONDS): Promise<number> {
+async function fanOut(port: number, token: string, perFrame: number, seconds = SECONDS): Promise<Run> {
   const [pub, sub] = await Promise.all([open(port, token), open(port, token)]);
   let subscribed!: () => void;
   const ready = new Promise<void>((r) => (subscribed = r));
@@ -227,7 +251,7 @@ async function fanOut(port: number, token: string, perFrame: number, seconds = S
   pub.ws.close();
   sub.ws.close();
   if (delivered < published) throw new Error(`fan-out lost events: ${delivered} of ${published}`);
-  return delivered / elapsed;
+  return { rate: delivered / elapsed, count: delivered };
 }
 
 const median = (xs: number[]) => {
@@ -249,12 +273,13 @@ async function main(): Promise<void> {
     corked: await start('corked'),
     gateway: await start('gateway'),
   };
+  type Runs = { rate: number; cpuUs: number }[];
   const rates = {
-    bare: [] as number[],
-    corked: [] as number[],
-    gateway: [] as number[],
-    fan1: [] as number[],
-    fan100: [] as number[],
+    bare: [] as Runs,
+    corked: [] as Runs,
+    gateway: [] as Runs,
+    fan1: [] as Runs,
+    fan100: [] as Runs,
   };
   try {
     // a short warm-up, not counted: the first second is JIT compilation
@@ -268,20 +293,30 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       // alternate which arm goes first, so neither always meets the warmer (or busier) machine
       const order: Arm[] = round % 2 ? ['gateway', 'corked', 'bare'] : ['bare', 'corked', 'gateway'];
-      if (PUBLISH) for (const arm of order) rates[arm].push(await publishRate(servers[arm].port, token));
+      if (PUBLISH)
+        for (const arm of order)
+          rates[arm].push(await measure(servers[arm], () => publishRate(servers[arm].port, token)));
       if (FANOUT) {
-        rates.fan1.push(await fanOut(servers.gateway.port, token, 1));
-        rates.fan100.push(await fanOut(servers.gateway.port, token, 100));
+        rates.fan1.push(await measure(servers.gateway, () => fanOut(servers.gateway.port, token, 1)));
+        rates.fan100.push(await measure(servers.gateway, () => fanOut(servers.gateway.port, token, 100)));
       }
     }
   } finally {
     await Promise.all([stop(servers.bare), stop(servers.corked), stop(servers.gateway)]);
   }
-  const runs = (xs: number[]) => `(${xs.map(fmt).join(', ')})`;
-  const ratio = (base: number[]) =>
-    `${(median(rates.gateway) / median(base)).toFixed(2)} (of medians), ${median(
-      rates.gateway.map((g, i) => g / base[i]!),
-    ).toFixed(2)} (median of per-round ratios)`;
+  type Key = keyof typeof rates;
+  const rate = (k: Key) => median(rates[k].map((r) => r.rate));
+  const cpu = (k: Key) => median(rates[k].map((r) => r.cpuUs));
+  const line = (k: Key, label: string, unit: string) =>
+    console.log(
+      `  ${label} ${fmt(rate(k)).padStart(8)} ${unit}   (${rates[k].map((r) => fmt(r.rate)).join(', ')})   server CPU ${cpu(k).toFixed(1)} us/${unit === 'acks/s' ? 'ack' : 'event'}`,
+    );
+  const ratio = (base: Key) =>
+    `${(rate('gateway') / rate(base)).toFixed(2)} (of medians), ${median(
+      rates.gateway.map((g, i) => g.rate / rates[base][i]!.rate),
+    ).toFixed(
+      2,
+    )} (median of per-round ratios), ${(cpu(base) / cpu('gateway')).toFixed(2)} (by server CPU per ack)`;
   console.log(
     '# WebSocket publish, one event per frame: gateway (JWT HS256 + ACL, in-memory bus) vs bare ws',
   );
@@ -292,19 +327,14 @@ async function main(): Promise<void> {
   );
   if (PUBLISH) {
     console.log(`${CONNECTIONS} connections x ${WINDOW} publishes in flight`);
-    for (const arm of ['bare', 'corked', 'gateway'] as const)
-      console.log(`  ${arm.padEnd(8)} ${fmt(median(rates[arm])).padStart(8)} acks/s   ${runs(rates[arm])}`);
-    console.log(`  ratio gateway/bare   ${ratio(rates.bare)}`);
-    console.log(`  ratio gateway/corked ${ratio(rates.corked)}`);
+    for (const arm of ['bare', 'corked', 'gateway'] as const) line(arm, arm.padEnd(8), 'acks/s');
+    console.log(`  ratio gateway/bare   ${ratio('bare')}`);
+    console.log(`  ratio gateway/corked ${ratio('corked')}`);
   }
   if (!FANOUT) return;
   console.log('fan-out: ws publisher -> gateway -> bus -> gateway -> ws subscriber');
-  console.log(
-    `  1 event per frame     ${fmt(median(rates.fan1)).padStart(8)} events/s   ${runs(rates.fan1)}`,
-  );
-  console.log(
-    `  100 events per frame  ${fmt(median(rates.fan100)).padStart(8)} events/s   ${runs(rates.fan100)}`,
-  );
+  line('fan1', '1 event per frame   ', 'events/s');
+  line('fan100', '100 events per frame', 'events/s');
 }
 
 if (process.argv[2] === 'serve') await serve(process.argv[3] as Arm);
