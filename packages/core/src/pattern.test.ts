@@ -36,6 +36,26 @@ describe('patterns (SEMANTICS "Patterns")', () => {
     expect(idx.match(type).length === 1).toBe(expected);
   });
 
+  it('answers for `a.b.*` as the general matcher does, odd strings included', () => {
+    const m = compilePattern('a.b.*');
+    const cases: [string, boolean][] = [
+      ['a.b.c', true],
+      ['a.b.', true], // `*` takes any one segment, the empty one too (as matchSegments does)
+      ['a.b', false],
+      ['a.b.c.d', false],
+      ['a.b.c.', false],
+      ['a.bc', false],
+      ['a.bc.d', false],
+      ['xa.b.c', false],
+      ['', false],
+    ];
+    for (const [type, expected] of cases) expect([type, m.matches(type)]).toEqual([type, expected]);
+    // the general matcher on the same shape with a wildcard in front
+    const g = compilePattern('*.b.*');
+    for (const [type, expected] of cases.filter(([t]) => t.startsWith('a.')))
+      expect([type, g.matches(type)]).toEqual([type, expected]);
+  });
+
   it.each([
     ['', 'must not be empty'],
     ['a..b', 'empty segment'],

@@ -58,6 +58,15 @@ export function compilePattern(pattern: string): CompiledPattern {
     const base = segments.slice(0, -1).join('.');
     const prefix = `${base}.`;
     matches = (type) => type === base || type.startsWith(prefix);
+  } else if (
+    segments.length >= 2 &&
+    segments[segments.length - 1] === '*' &&
+    !segments.slice(0, -1).some(isWild)
+  ) {
+    // `a.b.*`: the type starts with `a.b.` and has no further dot (the common ACL and subscription
+    // shape; the general matcher splits the type on every test)
+    const prefix = `${segments.slice(0, -1).join('.')}.`;
+    matches = (type) => type.startsWith(prefix) && type.indexOf('.', prefix.length) === -1;
   } else {
     matches = (type) => matchSegments(segments, 0, type.split('.'), 0);
   }

@@ -26,8 +26,18 @@ export interface JwtConfig {
   audience?: string | string[];
   /** Seconds of clock skew tolerated on exp/nbf. Default 5. */
   clockToleranceSec?: number;
+  /**
+   * Tokens whose verification is remembered (least recently used first out),
+   * so a client that sends the same token with every request pays for the
+   * signature check once. `exp` and `nbf` are checked again on every use,
+   * exactly as a full verification checks them. Not used with `jwksUrl`: a
+   * key set can drop a key, and a token signed by it must then be refused.
+   * Default 1024; 0 turns it off.
+   */
+  maxCachedTokens?: number;
 }
 
+/** The same object for every verification of the same token string while cached: treat it as read-only. */
 export interface VerifiedToken {
   subject: string;
   claims: JWTPayload & Record<string, unknown>;
@@ -63,27 +73,54 @@ export function createTokenVerifier(config: JwtConfig): (token: string) => Promi
     );
   else if (config.jwksUrl) key = createRemoteJWKSet(new URL(config.jwksUrl));
   else key = importSPKI(config.publicKey!, config.algorithms[0]!);
+  const maxCached = config.jwksUrl ? 0 : (config.maxCachedTokens ?? 1024);
+  if (!Number.isInteger(maxCached) || maxCached < 0)
+    throw new ConfigError('auth.maxCachedTokens', 'must be a non-negative integer');
+  const clockTolerance = config.clockToleranceSec ?? 5;
   const options = {
     algorithms: config.algorithms,
-    clockTolerance: config.clockToleranceSec ?? 5,
+    clockTolerance,
     requiredClaims: ['exp'],
     ...(config.issuer === undefined ? {} : { issuer: config.issuer }),
     ...(config.audience === undefined ? {} : { audience: config.audience }),
   };
+  const cache = new Map<string, VerifiedToken>();
   return async (token: string) => {
     if (typeof token !== 'string' || token.length === 0 || token.length > 8192)
       throw new UnauthorizedError('a bearer token is required');
+    const hit = cache.get(token);
+    if (hit) {
+      if (stillValid(hit.claims, clockTolerance)) {
+        cache.delete(token); // most recently used goes last
+        cache.set(token, hit);
+        return hit;
+      }
+      cache.delete(token); // past its time: the full check below gives the same refusal as ever
+    }
+    let verified: VerifiedToken;
     try {
       const result =
         typeof key === 'function'
           ? await jwtVerify(token, key, options)
           : await jwtVerify(token, await key, options);
       const claims = result.payload as JWTPayload & Record<string, unknown>;
-      return { subject: String(claims.sub ?? 'anonymous'), claims, expiresAt: (claims.exp ?? 0) * 1000 };
+      verified = { subject: String(claims.sub ?? 'anonymous'), claims, expiresAt: (claims.exp ?? 0) * 1000 };
     } catch (err) {
       throw new UnauthorizedError(`invalid token: ${reason(err)}`, { details: { reason: reason(err) } });
     }
+    if (maxCached > 0) {
+      if (cache.size >= maxCached) cache.delete(cache.keys().next().value!);
+      cache.set(token, verified);
+    }
+    return verified;
   };
+}
+
+/** jose's time checks (`nbf`, `exp`, whole seconds, with the tolerance), for a token it accepted before. */
+function stillValid(claims: JWTPayload, toleranceSec: number): boolean {
+  const now = Math.floor(Date.now() / 1000);
+  if (claims.nbf !== undefined && claims.nbf > now + toleranceSec) return false;
+  return claims.exp !== undefined && claims.exp > now - toleranceSec;
 }
 
 function reason(err: unknown): string {

@@ -1,4 +1,10 @@
-import { compilePattern, ForbiddenError, ValidationError, validatePattern } from '@qe/core';
+import {
+  type CompiledPattern,
+  compilePattern,
+  ForbiddenError,
+  ValidationError,
+  validatePattern,
+} from '@qe/core';
 import { patternIsSubset, patternsIntersect } from './patterns.js';
 
 /** NATS-style allow and deny lists of patterns. Deny wins. */
@@ -70,10 +76,33 @@ export function permissionsFromClaims(
   };
 }
 
+/**
+ * Patterns compiled once, not per check: a gateway asks `canPublish` for every
+ * event with the same few patterns. Bounded; emptied whole when full (the
+ * patterns of a working set come back at once).
+ */
+const compiled = new Map<string, CompiledPattern>();
+const MAX_COMPILED = 4096;
+
+function matcher(pattern: string): CompiledPattern {
+  let c = compiled.get(pattern);
+  if (c === undefined) {
+    c = compilePattern(pattern);
+    if (compiled.size >= MAX_COMPILED) compiled.clear();
+    compiled.set(pattern, c);
+  }
+  return c;
+}
+
+function anyMatches(patterns: string[] | undefined, type: string): boolean {
+  if (patterns === undefined) return false;
+  for (let i = 0; i < patterns.length; i++) if (matcher(patterns[i]!).matches(type)) return true;
+  return false;
+}
+
 /** May this principal publish an event of `type`? Deny wins over allow. */
 export function canPublish(p: Permissions, type: string): boolean {
-  if ((p.publish.deny ?? []).some((d) => compilePattern(d).matches(type))) return false;
-  return (p.publish.allow ?? []).some((a) => compilePattern(a).matches(type));
+  return !anyMatches(p.publish.deny, type) && anyMatches(p.publish.allow, type);
 }
 
 /**

@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT } from 'jose';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   canPublish,
   canSubscribe,
@@ -111,6 +111,8 @@ describe('JWT verification', () => {
         .setExpirationTime('5m')
         .sign(privateKey);
       expect((await verifyJwks(good)).subject).toBe('jwks-user');
+      // never remembered: the set may drop the key, and its tokens must then be refused
+      expect(await verifyJwks(good)).not.toBe(await verifyJwks(good));
       const other = await generateKeyPair('ES256');
       const stranger = await new SignJWT({ sub: 'x' })
         .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
@@ -130,6 +132,9 @@ describe('JWT verification', () => {
     expect(() => createTokenVerifier({ algorithms: [] })).toThrow(/pin/);
     expect(() => createTokenVerifier({ algorithms: ['HS256'], secret: 'short' })).toThrow(/32/);
     expect(() => createTokenVerifier({ algorithms: ['RS256'] })).toThrow(/public key/);
+    expect(() => createTokenVerifier({ algorithms: ['HS256'], secret: SECRET, maxCachedTokens: -1 })).toThrow(
+      /non-negative/,
+    );
   });
 
   it('finds the token in a header, a subprotocol or the query', () => {
@@ -137,6 +142,61 @@ describe('JWT verification', () => {
     expect(extractToken({ 'sec-websocket-protocol': 'qe.v1, bearer.xyz' })).toBe('xyz');
     expect(extractToken({}, '/events?token=q1')).toBe('q1');
     expect(extractToken({})).toBeUndefined();
+  });
+});
+
+describe('verified tokens remembered', () => {
+  afterEach(() => vi.useRealTimers());
+  const signAt = (claims: Record<string, unknown>) =>
+    new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(SECRET));
+
+  it('checks a token seen before without its signature again: the same result comes back', async () => {
+    const verify = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET });
+    const t = await hs({ sub: 'again' });
+    const first = await verify(t);
+    expect(await verify(t)).toBe(first);
+    const uncached = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET, maxCachedTokens: 0 });
+    expect(await uncached(t)).not.toBe(await uncached(t));
+  });
+
+  it('refuses a remembered token at the very second a full verification would (exp, with tolerance)', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const exp = Math.floor(Date.now() / 1000) + 10;
+    const t = await signAt({ sub: 'x', exp });
+    const cached = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET });
+    const uncached = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET, maxCachedTokens: 0 });
+    const first = await cached(t);
+    vi.setSystemTime((exp + 5) * 1000 - 1); // the last millisecond inside the 5 s tolerance
+    expect(await cached(t)).toBe(first);
+    await expect(uncached(t)).resolves.toMatchObject({ subject: 'x' });
+    vi.setSystemTime((exp + 5) * 1000);
+    const refused = await cached(t).catch((e) => e);
+    expect(refused).toMatchObject({ code: 'UNAUTHORIZED', details: { reason: 'expired' } });
+    expect((await uncached(t).catch((e) => e)).message).toBe(refused.message);
+  });
+
+  it('refuses a remembered token whose nbf is ahead again after the clock stepped back', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const now = Math.floor(Date.now() / 1000);
+    const t = await signAt({ sub: 'x', nbf: now, exp: now + 600 });
+    const verify = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET });
+    await verify(t);
+    vi.setSystemTime((now - 6) * 1000);
+    await expect(verify(t)).rejects.toMatchObject({
+      code: 'UNAUTHORIZED',
+      message: expect.stringMatching(/nbf/),
+    });
+  });
+
+  it('keeps at most maxCachedTokens, dropping the least recently used', async () => {
+    const verify = createTokenVerifier({ algorithms: ['HS256'], secret: SECRET, maxCachedTokens: 2 });
+    const [a, b, c] = await Promise.all([hs({ sub: 'a' }), hs({ sub: 'b' }), hs({ sub: 'c' })]);
+    const va = await verify(a);
+    const vb = await verify(b);
+    expect(await verify(a)).toBe(va); // a is now the most recent
+    await verify(c); // evicts b
+    expect(await verify(a)).toBe(va);
+    expect(await verify(b)).not.toBe(vb);
   });
 });
 
@@ -212,6 +272,10 @@ describe('safe JSON', () => {
     expect(parseJsonSafe('['.repeat(65) + ']'.repeat(65))).toBeDefined();
     expect(() => parseJsonSafe('['.repeat(66) + ']'.repeat(66))).toThrow(/nested deeper/);
     expect(() => parseJsonSafe('['.repeat(100) + ']'.repeat(100))).toThrow(/nested deeper/);
+    // objects and arrays count together
+    const mixed = (n: number) => '{"a":'.repeat(n) + '['.repeat(n) + ']'.repeat(n) + '}'.repeat(n);
+    expect(() => parseJsonSafe(mixed(33))).toThrow(/nested deeper/);
+    expect(parseJsonSafe(mixed(32))).toBeDefined();
     expect(({} as Record<string, unknown>).x).toBeUndefined();
   });
 });

@@ -116,10 +116,10 @@ export class HttpError extends EventBusError {
 }
 
 interface Principal {
-  id: string;
-  permissions: Permissions;
+  readonly id: string;
+  readonly permissions: Permissions;
   /** Epoch ms; 0 when there is no token. */
-  expiresAt: number;
+  readonly expiresAt: number;
 }
 
 /**
@@ -132,14 +132,26 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
   const { stats } = ctx;
   const refuse = (code: string) => (stats.refused[code] = (stats.refused[code] ?? 0) + 1);
 
+  /** A short JSON text as it is (never worth gzip): the common reply, a publish's 202, in one header literal. */
+  const sendJson = (res: Res, status: number, text: string) => {
+    if (res.headersSent) return;
+    res.writeHead(status, {
+      'content-type': JSON_HEADERS['content-type'],
+      'x-content-type-options': JSON_HEADERS['x-content-type-options'],
+      'cache-control': JSON_HEADERS['cache-control'],
+      'content-length': Buffer.byteLength(text),
+    });
+    res.end(text);
+  };
   /** JSON reply; gzip when configured, accepted by the client and worth it (1 KiB or more). */
-  const send = (res: Res, status: number, body: unknown, headers: Record<string, string> = {}, req?: Req) => {
+  const send = (res: Res, status: number, body: unknown, headers?: Record<string, string>, req?: Req) => {
     if (res.headersSent) return;
     const text = JSON.stringify(body);
     const gzip =
       ctx.compression &&
       text.length >= 1024 &&
       /\bgzip\b/.test(String(req?.headers['accept-encoding'] ?? ''));
+    if (!gzip && headers === undefined) return sendJson(res, status, text);
     const payload = gzip ? gzipSync(text) : text;
     res.writeHead(status, {
       ...JSON_HEADERS,
@@ -171,23 +183,27 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
       const chunks: Buffer[] = [];
       let size = 0;
       let settled = false;
+      let timer: NodeJS.Timeout | undefined;
       const settle = (fn: () => void) => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        if (timer !== undefined) clearTimeout(timer);
         fn();
       };
-      // the body's deadline runs from the start of the request, on every listener (TLS and h2c too)
-      const timer = setTimeout(
-        () => {
-          req.removeAllListeners('data');
-          settle(() =>
-            reject(new TimeoutError(`the request body did not arrive within ${ctx.requestTimeoutMs} ms`)),
-          );
-        },
-        Math.max(0, ctx.requestTimeoutMs - (Date.now() - startedAt)),
-      );
-      timer.unref();
+      // the body's deadline runs from the start of the request, on every listener (TLS and h2c too);
+      // an HTTP/1.x body that the parser already holds whole (most small ones) cannot be late
+      if (!(req.httpVersionMajor === 1 && (req as IncomingMessage).complete)) {
+        timer = setTimeout(
+          () => {
+            req.removeAllListeners('data');
+            settle(() =>
+              reject(new TimeoutError(`the request body did not arrive within ${ctx.requestTimeoutMs} ms`)),
+            );
+          },
+          Math.max(0, ctx.requestTimeoutMs - (Date.now() - startedAt)),
+        );
+        timer.unref();
+      }
       req.on('data', (c: Buffer) => {
         size += c.length;
         if (size > ctx.maxBodyBytes) {
@@ -200,7 +216,8 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
       req.on('end', () =>
         settle(() => {
           try {
-            resolve(parseJsonSafe(Buffer.concat(chunks).toString('utf8')));
+            const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+            resolve(parseJsonSafe(body.toString('utf8')));
           } catch (err) {
             reject(err);
           }
@@ -209,21 +226,28 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
       req.on('error', (err) => settle(() => reject(err)));
     });
 
+  // the verifier hands back the same object for a token it remembers: its principal is worked out once
+  const principals = new WeakMap<VerifiedToken, Principal>();
   const principalOf = async (req: Req, url: URL): Promise<Principal> => {
     if (!ctx.verify)
       return { id: `ip:${req.socket?.remoteAddress ?? 'unknown'}`, permissions: ALLOW_ALL, expiresAt: 0 };
-    const token = extractToken(req.headers as Record<string, string>, `?${url.searchParams}`);
+    const token = extractToken(req.headers as Record<string, string>, url.search);
     if (!token) throw new UnauthorizedError('a bearer token is required');
     const v = await ctx.verify(token);
-    return {
-      id: `sub:${v.subject}`,
-      permissions: permissionsFromClaims(
-        v.claims,
-        ctx.auth?.permissionsClaim ?? 'qe',
-        ctx.auth?.defaultPermissions,
-      ),
-      expiresAt: v.expiresAt,
-    };
+    let who = principals.get(v);
+    if (who === undefined) {
+      who = {
+        id: `sub:${v.subject}`,
+        permissions: permissionsFromClaims(
+          v.claims,
+          ctx.auth?.permissionsClaim ?? 'qe',
+          ctx.auth?.defaultPermissions,
+        ),
+        expiresAt: v.expiresAt,
+      };
+      principals.set(v, who);
+    }
+    return who;
   };
 
   const cors = (req: Req, res: Res): boolean => {
@@ -301,17 +325,26 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
       if (!ctx.bus.isConnected()) throw new EventBusError('NOT_CONNECTED', 'the bus is not connected');
       switch (route) {
         case 'POST /events': {
-          const body = await readJson(req, startedAt);
-          const batch = Array.isArray(body);
-          const events = (batch ? body : [body]) as { type?: unknown }[];
-          for (const [i, e] of events.entries()) {
+          const body = (await readJson(req, startedAt)) as { type?: unknown } | null;
+          if (!Array.isArray(body)) {
+            // one event: the common case, without the batch's arrays
+            if (body === null || typeof body !== 'object')
+              throw new ValidationError('event', 'must be an object');
+            if (typeof body.type === 'string') assertPublish(who.permissions, body.type);
+            const out = await ctx.bus.publish(body as unknown as Parameters<QEEventBus['publish']>[0]);
+            stats.published++;
+            return sendJson(res, 202, `{"ids":[${JSON.stringify(out.id)}]}`);
+          }
+          const events = body as { type?: unknown }[];
+          for (let i = 0; i < events.length; i++) {
+            const e = events[i];
             if (e === null || typeof e !== 'object')
-              throw new ValidationError(batch ? `events[${i}]` : 'event', 'must be an object');
+              throw new ValidationError(`events[${i}]`, 'must be an object');
             if (typeof e.type === 'string') assertPublish(who.permissions, e.type);
           }
-          const out = batch
-            ? await ctx.bus.publishBatch(events as unknown as Parameters<QEEventBus['publishBatch']>[0])
-            : [await ctx.bus.publish(events[0] as unknown as Parameters<QEEventBus['publish']>[0])];
+          const out = await ctx.bus.publishBatch(
+            events as unknown as Parameters<QEEventBus['publishBatch']>[0],
+          );
           stats.published += out.length;
           return send(res, 202, { ids: out.map((e) => e.id) });
         }
@@ -328,7 +361,7 @@ export function createRequestHandler(ctx: HandlerContext): (req: Req, res: Res) 
             limit,
             ...(since === undefined ? {} : { since }),
           });
-          return send(res, 200, { events }, {}, req);
+          return send(res, 200, { events }, undefined, req);
         }
         case 'GET /events/stream':
           return await stream(req, res, url, who);

@@ -357,24 +357,33 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
         return;
       }
       if (id === undefined) throw new ValidationError('id', 'a request id (string or number) is required');
-      const wait = await rateCheck(c);
+      // no promise to wait on when there is no limit: most gateways run without one
+      const wait = o.rateLimit ? await rateCheck(c) : 0;
       if (wait > 0) throw new RateLimitedError('message rate limit exceeded', wait);
       switch (msg.op) {
         case 'ping':
           return reply(c, { op: 'pong', id });
         case 'publish': {
-          const batch = Array.isArray(msg.events);
-          const events = (batch ? msg.events : [msg.event]) as { type?: unknown }[];
-          if (!batch && (msg.event === undefined || msg.event === null))
-            throw new ValidationError('event', 'is required');
-          for (const [i, e] of events.entries()) {
+          if (!Array.isArray(msg.events)) {
+            // one event: the common case, without the batch's arrays
+            const e = msg.event as { type?: unknown } | null | undefined;
+            if (e === undefined || e === null) throw new ValidationError('event', 'is required');
+            if (typeof e !== 'object') throw new ValidationError('event', 'must be an object');
+            if (typeof e.type === 'string') assertPublish(c.permissions, e.type);
+            const out = await o.bus.publish(e as Parameters<QEEventBus['publish']>[0]);
+            stats.published++;
+            return sendReply(c, `{"op":"ack","id":${JSON.stringify(id)},"ids":[${JSON.stringify(out.id)}]}`);
+          }
+          const events = msg.events as { type?: unknown }[];
+          for (let i = 0; i < events.length; i++) {
+            const e = events[i];
             if (e === null || typeof e !== 'object')
-              throw new ValidationError(batch ? `events[${i}]` : 'event', 'must be an object');
+              throw new ValidationError(`events[${i}]`, 'must be an object');
             if (typeof e.type === 'string') assertPublish(c.permissions, e.type);
           }
-          const out = batch
-            ? await o.bus.publishBatch(events as unknown as Parameters<QEEventBus['publishBatch']>[0])
-            : [await o.bus.publish(events[0] as Parameters<QEEventBus['publish']>[0])];
+          const out = await o.bus.publishBatch(
+            events as unknown as Parameters<QEEventBus['publishBatch']>[0],
+          );
           stats.published += out.length;
           return reply(c, { op: 'ack', id, ids: out.map((e) => e.id) });
         }
@@ -437,8 +446,9 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     }
     c.ws.send(frame);
   };
-  const reply = (c: Conn, msg: unknown) => {
-    if (c.ws.readyState === c.ws.OPEN) sendFrame(c, JSON.stringify(msg));
+  const reply = (c: Conn, msg: unknown) => sendReply(c, JSON.stringify(msg));
+  const sendReply = (c: Conn, frame: string) => {
+    if (c.ws.readyState === c.ws.OPEN) sendFrame(c, frame);
   };
   // an event delivered to several clients in a row is serialised once
   let lastEvent: AgentEvent | undefined;
@@ -449,6 +459,17 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
       lastEvent = event;
     }
     return lastEventJson;
+  };
+
+  // the start of an event frame, the same for every event of one subscription
+  let lastSubscription = '';
+  let lastPrefix = '';
+  const framePrefix = (subscription: string) => {
+    if (subscription !== lastSubscription) {
+      lastPrefix = `{"op":"event","subscription":${JSON.stringify(subscription)},"event":`;
+      lastSubscription = subscription;
+    }
+    return lastPrefix;
   };
 
   let deliverySeq = 0;
@@ -470,10 +491,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
     }
     stats.delivered++;
     if (!needsAck) {
-      sendFrame(
-        c,
-        `{"op":"event","subscription":${JSON.stringify(subscription)},"event":${eventJson(event)}}`,
-      );
+      sendFrame(c, `${framePrefix(subscription)}${eventJson(event)}}`);
       return;
     }
     const delivery = `d${++deliverySeq}`;
@@ -483,10 +501,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
         reject(new TimeoutError(`client did not ack ${delivery} within ${ackTimeoutMs} ms`));
       }, ackTimeoutMs);
       c.pending.set(delivery, { resolve, reject, timer });
-      sendFrame(
-        c,
-        `{"op":"event","subscription":${JSON.stringify(subscription)},"event":${eventJson(event)},"delivery":"${delivery}"}`,
-      );
+      sendFrame(c, `${framePrefix(subscription)}${eventJson(event)},"delivery":"${delivery}"}`);
     });
   };
 
