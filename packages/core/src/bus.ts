@@ -773,9 +773,9 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     return p;
   }
 
-  private wrapTransportError(err: unknown): EventBusError {
+  private wrapTransportError(err: unknown, what: 'publish' | 'subscribe' = 'publish'): EventBusError {
     if (err instanceof EventBusError) return err;
-    return new TransportError(`transport ${this.transport.name} failed to publish: ${toError(err).message}`, {
+    return new TransportError(`transport ${this.transport.name} failed to ${what}: ${toError(err).message}`, {
       cause: err,
     });
   }
@@ -1072,7 +1072,14 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
     if (b.consumer) return Promise.resolve();
     if (b.opening) return b.opening;
     const spec = { id: b.key, group: b.group, patterns: this.patternUnion(b), startFrom: b.startFrom };
-    b.opening = this.transport.consume(spec, b.sink).then(
+    let consuming: ReturnType<Transport['consume']>;
+    try {
+      consuming = this.transport.consume(spec, b.sink);
+    } catch (err) {
+      // a transport that throws instead of rejecting: the same typed rejection of ready
+      consuming = Promise.reject(err);
+    }
+    b.opening = consuming.then(
       (c) => {
         b.opening = null;
         if (b.subs.length === 0 || this.state !== 'running') {
@@ -1085,7 +1092,7 @@ export class QEEventBus<M extends EventMap = AnyEventMap> extends EventEmitter {
       },
       (err) => {
         b.opening = null;
-        const e = this.wrapTransportError(err);
+        const e = this.wrapTransportError(err, 'subscribe');
         this.reportError(e);
         throw e;
       },

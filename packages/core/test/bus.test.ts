@@ -599,3 +599,20 @@ describe('batches, middleware, stop and metrics', () => {
     expect(seen[0]).toBe(e);
   });
 });
+
+describe('a transport that cannot open a subscription', () => {
+  it("rejects the subscription's ready with a TRANSPORT error that says subscribe, and reports it", async () => {
+    class Refusing extends MemoryTransport {
+      override consume(): never {
+        throw new Error('NOGROUP no such key');
+      }
+    }
+    const bus = await makeBus({ transport: new Refusing() });
+    const errors: Error[] = [];
+    bus.on('error', (e) => void errors.push(e as Error));
+    const err = await bus.subscribe('a.*', () => {}).ready.catch((e: unknown) => e as Error);
+    expect(err).toMatchObject({ code: 'TRANSPORT' });
+    expect((err as Error).message).toBe('transport memory failed to subscribe: NOGROUP no such key');
+    expect(errors.map((e) => e.message)).toEqual([(err as Error).message]);
+  });
+});

@@ -86,6 +86,15 @@ interface Entry {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** KEYS[1] members zset; ARGV member, cutoff: removes the member only if its last beat is older than the cutoff. */
+const REMOVE_IF_STALE = `local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) < tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) return 1 end
+return 0`;
+
+/** KEYS[1] members zset, KEYS[2] inbox; ARGV member: deletes the inbox only if the member is not back in the group. */
+const DELETE_IF_ABSENT = `if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+return redis.call('DEL', KEYS[2])`;
+
 /**
  * Routes group events across processes with a chosen strategy. Each member of
  * a group (one per bus instance) announces itself in Redis with a heartbeat
@@ -722,8 +731,20 @@ class InboxConsumer implements TransportConsumer {
     await this.t.bumpVersion();
     // events that waited while the group had no member
     await this.releasePending();
-    // entries this member held before a restart: read its own pending list first
-    await this.read('0');
+    // entries this member held before a restart: read its own pending list first. A member
+    // that reaped this one's previous life may have deleted the inbox after we created it:
+    // join again (the reaper moved what was there)
+    await this.read('0').catch(async (e: Error) => {
+      if (!/NOGROUP/.test(e.message)) throw e;
+      this.t.log.warn(
+        'router: inbox removed while joining (taken for the dead previous member); joining again',
+        {
+          group: this.spec.id,
+          member: this.t.member,
+        },
+      );
+      await this.rejoin();
+    });
     this.reader = r.duplicate();
     this.reader.on('error', () => {});
     this.loop = this.readLoop();
@@ -991,8 +1012,16 @@ class InboxConsumer implements TransportConsumer {
       if (d === this.t.member) continue;
       const lock = await r.set(this.t.key('reap', group, d), this.t.member, 'PX', 10_000, 'NX');
       if (lock !== 'OK') continue;
-      // out of the group first: from now on publishers' appends for it go to the pending stream
-      await r.zrem(this.t.key('members', group), d);
+      // out of the group first (publishers' appends for it then go to the pending stream), unless
+      // it beat again since it was listed: a restarted member is not dead
+      const removed = await r.eval(
+        REMOVE_IF_STALE,
+        1,
+        this.t.key('members', group),
+        d,
+        Date.now() - this.t.ttl,
+      );
+      if (removed !== 1) continue;
       await this.t.bumpVersion();
       const inbox = this.t.key('inbox', group, d);
       let n = 0;
@@ -1003,7 +1032,8 @@ class InboxConsumer implements TransportConsumer {
         n += moved + held;
         if (moved + held === 0) break;
       }
-      await r.del(inbox);
+      // a member that came back meanwhile keeps its inbox (what was moved is handled twice at worst)
+      await r.eval(DELETE_IF_ABSENT, 2, this.t.key('members', group), inbox, d);
       this.t.counters.reassigned += n;
       this.t.log.info('moved a dead member’s events to live members', { group, member: d, events: n });
     }

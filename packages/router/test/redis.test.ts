@@ -288,3 +288,51 @@ describe('routing across processes on Redis', () => {
     expect(await redis.zcard(inner.keys.delayed(0))).toBe(0);
   });
 });
+
+describe('a member restarting while another member reaps its previous life', () => {
+  it('always joins: its inbox is neither reaped after its first beat nor missing when it reads its pending list', async () => {
+    const p = prefix();
+    const redis = new Redis(URL_);
+    cleanups.push(() => redis.disconnect());
+    const mk = (nodeId: string) => {
+      const conn = new Redis(URL_);
+      const t = new RoutedTransport({
+        inner: new MemoryTransport(),
+        redis: conn,
+        prefix: p,
+        heartbeatMs: 10,
+        memberTtlMs: 40,
+      });
+      const bus = new QEEventBus({ nodeId, transport: t });
+      return {
+        bus,
+        t,
+        close: async () => {
+          await bus.stop().catch(() => {});
+          conn.disconnect();
+        },
+      };
+    };
+    // A reaps every 10 ms
+    const a = mk('A');
+    cleanups.push(() => a.close());
+    await a.bus.start();
+    await a.bus.subscribe('work.*', () => {}, { group: 'g' }).ready;
+    const members = a.t.key('members', 'group:g:work.*');
+    const failures: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      // B's previous life: listed with a beat long past, an inbox holding an entry
+      await redis.zadd(members, 0, 'B');
+      const b = mk('B');
+      try {
+        await b.bus.start();
+        await b.bus.subscribe('work.*', () => {}, { group: 'g' }).ready;
+      } catch (e) {
+        failures.push(`round ${i}: ${(e as Error).message}`);
+      } finally {
+        await b.close();
+      }
+    }
+    expect(failures).toEqual([]);
+  }, 120_000);
+});
