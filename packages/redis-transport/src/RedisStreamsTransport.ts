@@ -37,7 +37,7 @@ import { dispatch, keySlot, LeanCommand, send } from './command.js';
 import { groupName, Keys } from './keys.js';
 import { type RedisTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
-import { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
+import { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_6, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -141,7 +141,7 @@ const script = (lua: string, keys: number): LuaScript => ({
   keys,
 });
 
-const PUBLISH_5_SCRIPT = script(PUBLISH_5, 5);
+const PUBLISH_6_SCRIPT = script(PUBLISH_6, 6);
 
 /**
  * Runs a script: EVALSHA, then EVAL once when Redis does not know it yet. `args` start with its keys.
@@ -358,6 +358,8 @@ export class RedisStreamsTransport implements Transport {
     partitionOutages: 0,
     /** Consumer groups found missing and re-created: Redis lost its data (see `groupLost`). */
     groupsLost: 0,
+    /** Events of publish calls sent again after a reconnect whose first sending had been applied: not written twice. */
+    repeatedPublishes: 0,
   };
   /** Cluster partitions whose node does not answer, since when and why (see `markPartition`). */
   private readonly partitionsDown = new Map<number, { since: number; error: string; seen: number }>();
@@ -377,6 +379,8 @@ export class RedisStreamsTransport implements Transport {
   publisherId = '';
   /** The last value of this publisher's clock (`tick`). */
   private clock = 0;
+  /** Publish script calls made, for each call's mark (see PUBLISH_6). */
+  private publishCalls = 0;
 
   constructor(options: RedisTransportOptions = {}) {
     this.options = resolveOptions(options);
@@ -868,6 +872,9 @@ export class RedisStreamsTransport implements Transport {
     const calls: Promise<void>[] = [];
     const chunks: Chunk[] = [];
     const timeoutMs = this.options.publishTimeoutMs;
+    // a call is never sent again past its deadline (cancelled, it goes out as a PING), so its mark
+    // need outlive it only by the time a reconnect takes to resend
+    const markTtl = String(timeoutMs + 30_000);
     // built only when a deadline passes (an Error captures a stack): not once per flush
     const timeout = () => new TimeoutError(`publish not confirmed by Redis within ${timeoutMs} ms`);
     // one argument list per partition under construction; a full one is sent at once
@@ -882,11 +889,22 @@ export class RedisStreamsTransport implements Transport {
       calls.push(
         runScript(
           client,
-          PUBLISH_5_SCRIPT,
-          [...keys.streams(part), trim[0], trim[1], trim[2], this.publisherId, ...args],
+          PUBLISH_6_SCRIPT,
+          [
+            ...keys.streams(part),
+            keys.published(part, `${this.publisherId}:${++this.publishCalls}`),
+            trim[0],
+            trim[1],
+            trim[2],
+            this.publisherId,
+            markTtl,
+            ...args,
+          ],
           onSend,
         ).then(
           async (reply) => {
+            // a repeat of a call already applied (sent again after a reconnect): nothing written twice
+            if ((reply as unknown[] | null)?.[2] === 1) this.counters.repeatedPublishes += owners.length;
             if (chunk.done) {
               // sent, then timed out, then applied after all: the caller was told `unknown`
               this.counters.publishedAfterTimeout += owners.length;

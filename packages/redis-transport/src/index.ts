@@ -3,7 +3,7 @@ export { type RedisTransportOptions, resolveOptions } from './options.js';
 export { RedisDeadLetterStore } from './RedisDeadLetterStore.js';
 export { GAP_REPORT_MS, RedisPubSubTransport, type SubscriberGap } from './RedisPubSubTransport.js';
 export { compareIds, type RedisClient, RedisStreamsTransport } from './RedisStreamsTransport.js';
-export { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_5, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
+export { DEAD_LETTER_2, DELAYED_HEADER_LEN, PROMOTE_6, PUBLISH_6, REDRIVE_2, SCHEDULE_2 } from './scripts.js';
 
 import type { RedisTransportOptions } from './options.js';
 import { RedisPubSubTransport } from './RedisPubSubTransport.js';

@@ -34,6 +34,11 @@ export class Keys {
     return out;
   }
 
+  /** The highest publisher clock (`tick`) a publisher wrote to a partition: a resent publish below it is a repeat. */
+  published(partition: number, publisherId: string): string {
+    return `${this.prefix}:${this.tag(partition)}:pub:${publisherId}`;
+  }
+
   dlq(partition: number): string {
     return `${this.prefix}:${this.tag(partition)}:dlq`;
   }

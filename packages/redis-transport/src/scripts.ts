@@ -57,16 +57,23 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[2], 't
  * high after a group lost entries, so after a first loss it can count high). (By length, a pending entry far older than the
  * rest can still be trimmed: the consumer counts it as trimmed while pending.)
  *
+ * Idempotent: each call carries a mark key of its own, set (NX, with a
+ * lifetime) before anything is written; a call that finds its mark was applied
+ * already (ioredis sends unanswered commands again after a reconnect) writes
+ * nothing and says so.
+ *
  * KEYS[1..5] the streams of priority 0 (CRITICAL) .. 4 (BULK) of one partition (same hash slot)
+ * KEYS[6] this call's mark (same hash slot)
  * ARGV[1] `MAXLEN` or `MINID`; ARGV[2] its threshold (entries, or the oldest id to keep);
  * ARGV[3] cap: the most entries a stream holds while a group lags (time-based
  *   retention applies it only while a lagging group holds the stream past its time);
- * ARGV[4] the publisher's id (field `p`);
- * then quadruples from ARGV[5]: priority level (0-4), publish time (ms), the
+ * ARGV[4] the publisher's id (field `p`); ARGV[5] the mark's lifetime (ms);
+ * then quadruples from ARGV[6]: priority level (0-4), publish time (ms), the
  *   publisher's clock (field `o`, see RedisStreamsTransport.tick), frame
- * Reply: { entries added, entries trimmed before some group read them }
+ * Reply: { entries added, entries trimmed before some group read them } or,
+ *   for a repeated call, { 0, 0, 1 }
  */
-export const PUBLISH_5 = `
+export const PUBLISH_6 = `
 local function older(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -115,10 +122,13 @@ local function lostBy(before, after, most)
   return removed
 end
 
+-- this call's mark: a call ioredis sent again after a reconnect (the first was applied, its reply
+-- lost with the connection) finds it and writes nothing twice
+if not redis.call('SET', KEYS[6], '1', 'PX', ARGV[5], 'NX') then return { 0, 0, 1 } end
 local n = 0
 local touched = {}
 local pub = ARGV[4]
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local k = tonumber(ARGV[i]) + 1
   redis.call('XADD', KEYS[k], '*', 'e', ARGV[i + 3], 't', ARGV[i + 1], 'o', ARGV[i + 2], 'p', pub)
   touched[k] = true

@@ -215,6 +215,47 @@ describe('redis faults', () => {
     await waitFor(() => handled.has(after!.id), 'an event after the wipe handled', 20_000);
   });
 
+  it('publishes in flight when the connection is cut are stored once: the calls ioredis sends again are recognised', async () => {
+    const server: RedisProcess = await startRedis(7112, ['--appendonly', 'no', '--save', '']);
+    const proxy = await startProxy(server.port);
+    const admin = new Redis({ port: server.port });
+    cleanups.push(async () => {
+      admin.disconnect();
+      await proxy.close();
+      await server.stop();
+      server.cleanup();
+    });
+    const keyPrefix = uniquePrefix('resend');
+    const producer = await bus({ url: `redis://127.0.0.1:${proxy.port}`, keyPrefix });
+    let acked = 0;
+    const sends: Promise<unknown>[] = [];
+    // bursts of publishes, each cut 2 ms in: Redis has run some scripts whose replies the cut loses
+    for (let round = 0; round < 10; round++) {
+      for (let i = 0; i < 300; i++)
+        sends.push(producer.publish(ev('resend.x', { i: round * 300 + i })).then(() => acked++));
+      await new Promise((r) => setTimeout(r, 2));
+      proxy.cut();
+      await Promise.allSettled(sends);
+    }
+    const copies = new Map<string, number>();
+    for (const key of await admin.keys(`${keyPrefix}*`)) {
+      if ((await admin.type(key)) !== 'stream') continue;
+      for (const [, fields] of (await admin.xrange(key, '-', '+')) as [string, string[]][]) {
+        const id = /"id":"([^"]+)"/.exec(fields[fields.indexOf('e') + 1] ?? '')?.[1] ?? '?';
+        copies.set(id, (copies.get(id) ?? 0) + 1);
+      }
+    }
+    const twice = [...copies.values()].filter((n) => n > 1).length;
+    const repeated = producer.transport.stats().repeatedPublishes as number;
+    console.info(
+      `[resend] acknowledged ${acked} of 3000, ${repeated} events in calls sent again, stored twice ${twice}`,
+    );
+    // the cuts did make ioredis send applied calls again, and none of them wrote twice
+    expect(repeated).toBeGreaterThan(0);
+    expect(twice).toBe(0);
+    expect(copies.size).toBeGreaterThanOrEqual(acked);
+  });
+
   it('a connection cut by a TCP proxy: consumption resumes by itself and nothing acknowledged is lost', async () => {
     const proxy = await startProxy(6379);
     cleanups.push(() => proxy.close());
