@@ -290,6 +290,15 @@ describe('classify', () => {
         detail: 'at-most-once, gap logged',
       });
       expect(inside.verdict.pass).toBe(true);
+      const killWb0 = { ...killWg0, target: 'wb0' };
+      const killed = classify(
+        input([...ws('wp0.0.6', 11_000), call('wp0.0.6', WS[0]!, 11_010)], {
+          faults: [killWb0],
+          expectedSubs,
+          atMostOnce,
+        }),
+      );
+      expect(killed.anomalies[0]).toMatchObject({ allowed: true, detail: 'at-most-once, subscriber killed' });
       const steady = run([...ws('wp0.0.4', 1000), call('wp0.0.4', WS[0]!, 1010)]);
       expect(steady.totals).toMatchObject({ lost: 1, lostAtMostOnce: 0 });
       expect(steady.anomalies[0]).toMatchObject({

@@ -251,6 +251,8 @@ export function classify(input: ClassifyInput): Classification {
           const gap =
             w !== undefined &&
             logs.some((l) => GAP_SIGNAL.test(l.msg) && l.t >= w.start && l.t <= w.end + input.afterMs);
+          // a killed subscriber cannot log its gap: the kill itself explains it
+          const killed = w !== undefined && w.name === 'kill-consumer' && sub.endsWith(`:${w.target}`);
           note({
             kind: 'lost',
             key,
@@ -258,7 +260,7 @@ export function classify(input: ClassifyInput): Classification {
             t,
             allowed,
             detail: allowed
-              ? `at-most-once, ${gap ? 'gap logged' : 'no gap logged'}`
+              ? `at-most-once, ${gap ? 'gap logged' : killed ? 'subscriber killed' : 'no gap logged'}`
               : 'at-most-once, but outside any fault window',
           });
           continue;
