@@ -101,15 +101,7 @@ function connect(): void {
   sock.on('open', () => {
     open = true;
     if (role === 'producer') firstReady?.();
-    else
-      sock.send(
-        JSON.stringify({
-          op: 'subscribe',
-          id: ++reqSeq,
-          patterns: ['chaos.**'],
-          ...(role === 'group' ? { group: WS_GROUP } : {}),
-        }),
-      );
+    else subscribe(sock);
   });
   sock.on('message', (data) => onMessage(sock, String(data)));
   sock.on('error', () => {});
@@ -130,6 +122,21 @@ function connect(): void {
   });
 }
 
+/** The id of the subscribe request in flight: an error answer to it (the broker's Redis down) is retried. */
+let subscribeId = -1;
+function subscribe(sock: WebSocket): void {
+  if (sock !== ws || sock.readyState !== WebSocket.OPEN) return;
+  subscribeId = ++reqSeq;
+  sock.send(
+    JSON.stringify({
+      op: 'subscribe',
+      id: subscribeId,
+      patterns: ['chaos.**'],
+      ...(role === 'group' ? { group: WS_GROUP } : {}),
+    }),
+  );
+}
+
 function onMessage(sock: WebSocket, text: string): void {
   let m: {
     op: string;
@@ -147,6 +154,11 @@ function onMessage(sock: WebSocket, text: string): void {
   if (m.op === 'ack' && m.subscription !== undefined) {
     log('info')('subscribed', { subscription: m.subscription });
     firstReady?.();
+    return;
+  }
+  if (m.op === 'error' && m.id === subscribeId) {
+    log('warn')(`subscribe refused: ${m.error?.code}; retrying`);
+    setTimeout(() => subscribe(sock), 500);
     return;
   }
   if ((m.op === 'ack' || m.op === 'error') && m.id !== undefined) {
