@@ -158,7 +158,12 @@ function sharedBuckets(config: BrokerConfig, redis: () => Redis | null): TokenBu
 export function createTransport(config: BrokerConfig): Transport {
   const r = config.redis;
   if (r === null) return new MemoryTransport();
-  const common = { keyPrefix: config.keyPrefix, readCount: config.batchSize, blockMs: config.batchTimeoutMs };
+  const common = {
+    keyPrefix: config.keyPrefix,
+    readCount: config.batchSize,
+    blockMs: config.batchTimeoutMs,
+    claimIdleMs: config.claimIdleMs,
+  };
   if (r.mode === 'cluster')
     return createRedisTransport({
       ...common,
@@ -402,6 +407,7 @@ export function createBroker(config: BrokerConfig, options: CreateBrokerOptions 
             path: config.ws.path,
             maxConnections: config.ws.maxConnections,
             maxPayload: config.ws.maxPayloadBytes,
+            ackTimeoutMs: config.ws.ackTimeoutMs,
             ...(config.ws.allowedOrigins.length > 0 ? { allowedOrigins: config.ws.allowedOrigins } : {}),
             ...(auth ? { auth } : {}),
             ...(messageRateLimit ? { rateLimit: messageRateLimit } : {}),

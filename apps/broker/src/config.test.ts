@@ -23,6 +23,29 @@ describe('loadBrokerConfig', () => {
       ]);
   });
 
+  it('reads EVENTBUS_CLAIM_IDLE and WS_ACK_TIMEOUT (ms), defaults 30 s, and refuses values out of range', () => {
+    const d = loadBrokerConfig({ env: {} });
+    expect(d.claimIdleMs).toBe(30_000);
+    expect(d.ws.ackTimeoutMs).toBe(30_000);
+    const c = loadBrokerConfig({ env: { EVENTBUS_CLAIM_IDLE: '2000', WS_ACK_TIMEOUT: '3000' } });
+    expect(c.claimIdleMs).toBe(2000);
+    expect(c.ws.ackTimeoutMs).toBe(3000);
+    expect(
+      loadBrokerConfig({
+        env: {},
+        argv: ['--config', 'c.json'],
+        readFile: () => '{"claimIdle":500,"wsAckTimeout":700}',
+      }),
+    ).toMatchObject({ claimIdleMs: 500, ws: { ackTimeoutMs: 700 } });
+    for (const bad of ['99', '0', '2s', '1.5', '3600001'])
+      expect(
+        problems(() => loadBrokerConfig({ env: { EVENTBUS_CLAIM_IDLE: bad, WS_ACK_TIMEOUT: bad } })),
+      ).toEqual([
+        expect.stringMatching(/^EVENTBUS_CLAIM_IDLE=.*: must be an integer from 100 to 3600000 \(ms\)$/),
+        expect.stringMatching(/^WS_ACK_TIMEOUT=.*: must be an integer from 100 to 3600000 \(ms\)$/),
+      ]);
+  });
+
   it('defaults to the in-memory transport on port 3000', () => {
     const c = loadBrokerConfig({ env: {} });
     expect(c.redis).toBeNull();

@@ -26,6 +26,12 @@ export interface BrokerConfig {
   keyPrefix: string;
   batchSize: number;
   batchTimeoutMs: number;
+  /**
+   * A group entry pending this long on a consumer that stopped reading it (a
+   * crashed broker, a lost reply) is claimed by a live member (the Redis
+   * transport's `claimIdleMs`). Default 30,000 ms.
+   */
+  claimIdleMs: number;
   monitoringEnabled: boolean;
   metricsIntervalMs: number;
   healthCheckIntervalMs: number;
@@ -46,6 +52,8 @@ export interface BrokerConfig {
     maxPayloadBytes: number;
     allowedOrigins: string[];
     jwtSecret?: string;
+    /** How long a group delivery waits for the client's ack before the bus retries it (`ackTimeoutMs`). */
+    ackTimeoutMs: number;
   };
   /** The HTTP gateway (`@qe/gateway-http`) on its own port (it serves HTTP/2 and owns its server). */
   httpGateway: {
@@ -125,6 +133,7 @@ export const CONFIG_FILE_KEYS = {
   keyPrefix: 'EVENTBUS_KEY_PREFIX',
   batchSize: 'EVENTBUS_BATCH_SIZE',
   batchTimeout: 'EVENTBUS_BATCH_TIMEOUT',
+  claimIdle: 'EVENTBUS_CLAIM_IDLE',
   monitoringEnabled: 'MONITORING_ENABLED',
   metricsCollectionInterval: 'METRICS_COLLECTION_INTERVAL',
   healthCheckInterval: 'HEALTH_CHECK_INTERVAL',
@@ -139,6 +148,7 @@ export const CONFIG_FILE_KEYS = {
   wsMaxConnections: 'WS_MAX_CONNECTIONS',
   wsMaxPayload: 'WS_MAX_PAYLOAD',
   wsAllowedOrigins: 'WS_ALLOWED_ORIGINS',
+  wsAckTimeout: 'WS_ACK_TIMEOUT',
   jwtSecret: 'JWT_SECRET',
   httpGatewayEnabled: 'HTTP_GATEWAY_ENABLED',
   httpGatewayPort: 'HTTP_GATEWAY_PORT',
@@ -318,6 +328,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
   });
   const batchSize = int('EVENTBUS_BATCH_SIZE', 500, 1, 10_000, ' (events)');
   const batchTimeoutMs = int('EVENTBUS_BATCH_TIMEOUT', 1000, 1, 60_000, ' (ms)');
+  const claimIdleMs = int('EVENTBUS_CLAIM_IDLE', 30_000, 100, 3_600_000, ' (ms)');
   const monitoringEnabled = bool('MONITORING_ENABLED', true);
   const metricsIntervalMs = int('METRICS_COLLECTION_INTERVAL', 1000, 100, 3_600_000, ' (ms)');
   const healthCheckIntervalMs = int('HEALTH_CHECK_INTERVAL', 30_000, 100, 3_600_000, ' (ms)');
@@ -365,6 +376,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     maxPayloadBytes: int('WS_MAX_PAYLOAD', 1024 * 1024, 1024, 64 * 1024 * 1024, ' (bytes)'),
     allowedOrigins,
     ...(jwtSecret === '' ? {} : { jwtSecret }),
+    ackTimeoutMs: int('WS_ACK_TIMEOUT', 30_000, 100, 3_600_000, ' (ms)'),
   };
   const tlsKeyFile = str('HTTP_GATEWAY_TLS_KEY', '');
   const tlsCertFile = str('HTTP_GATEWAY_TLS_CERT', '');
@@ -436,6 +448,7 @@ export function loadBrokerConfig(input: LoadConfigInput = {}): BrokerConfig {
     keyPrefix,
     batchSize,
     batchTimeoutMs,
+    claimIdleMs,
     monitoringEnabled,
     metricsIntervalMs,
     healthCheckIntervalMs,

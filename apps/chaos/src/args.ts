@@ -17,6 +17,8 @@ export interface ChaosOptions {
   pubsub: boolean;
   /** Also run a producer and two members of a router group (`@qe/router`, hash-based). */
   router: boolean;
+  /** Also run the broker (`@qe/broker`) with WebSocket clients: a producer, a group member and a broadcast subscriber. */
+  broker: boolean;
 }
 
 export class UsageError extends Error {}
@@ -31,7 +33,7 @@ export function parseDuration(text: string): number {
 }
 
 export const USAGE = `qe-chaos [--duration 2m] [--seed N] [--faults a,b,...] [--out dir]
-         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster] [--pubsub] [--router]
+         [--persistence aof|none] [--rate N] [--base-port 18600] [--cluster] [--pubsub] [--router] [--broker]
 
 Runs producers and consumers of QE Event Bus on Redis in child processes, injects
 faults from a schedule drawn from --seed, writes a ledger of every event and a
@@ -49,12 +51,13 @@ export function parseArgs(argv: readonly string[]): ChaosOptions {
     cluster: false,
     pubsub: false,
     router: false,
+    broker: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     if (flag === '--') continue;
-    if (flag === '--cluster' || flag === '--pubsub' || flag === '--router') {
-      o[flag.slice(2) as 'cluster' | 'pubsub' | 'router'] = true;
+    if (flag === '--cluster' || flag === '--pubsub' || flag === '--router' || flag === '--broker') {
+      o[flag.slice(2) as 'cluster' | 'pubsub' | 'router' | 'broker'] = true;
       continue;
     }
     const value = argv[++i];

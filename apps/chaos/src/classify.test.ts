@@ -228,7 +228,98 @@ describe('classify', () => {
         { atMostOnce, expectedSubs },
       ),
     );
-    expect(twice.verdict.reasons).toEqual(['1 duplicates of at-most-once (pub/sub) events']);
+    expect(twice.verdict.reasons).toEqual(['1 duplicates of at-most-once (pub/sub, WS broadcast) events']);
+  });
+
+  describe('the broker over WebSocket (--broker)', () => {
+    const WS = ['ws:group:wsworkers', 'ws:broadcast:wb0'];
+    const expectedSubs = (producer: string) => (producer === 'wp0' ? WS : SUBS);
+    // as in run.ts: the WS broadcast subscriber is at-most-once across a reconnect, the WS group is not
+    const atMostOnce = (producer: string, sub: string) =>
+      producer.startsWith('s') ? true : sub.startsWith('ws:broadcast:') ? ('faults' as const) : false;
+    const ws = (key: string, t: number): LedgerRecord[] => [
+      { k: 'p', key, t, node: 'wp0' },
+      { k: 'a', key, t: t + 1 },
+    ];
+    const call = (key: string, sub: string, t: number, o: Partial<Extract<LedgerRecord, { k: 'h' }>> = {}) =>
+      handle(key, sub, t, { node: sub === WS[0] ? 'wg0' : 'wb0', att: 1, ...o });
+    const killWg0: FaultWindow = {
+      index: 0,
+      name: 'kill-consumer',
+      target: 'wg0',
+      start: 10_000,
+      end: 12_000,
+    };
+    const run = (records: LedgerRecord[]) =>
+      classify(input(records, { faults: [killWg0], expectedSubs, atMostOnce }));
+
+    it('group: an acknowledged event the group never handled is lost and fails, even inside a fault window', () => {
+      const c = run([...ws('wp0.0.0', 11_000), call('wp0.0.0', WS[1]!, 11_010)]);
+      expect(c.totals).toMatchObject({ lost: 1, lostAtMostOnce: 0 });
+      expect(c.anomalies[0]).toMatchObject({ kind: 'lost', sub: WS[0], allowed: false });
+      expect(c.verdict.reasons).toEqual([
+        '1 acknowledged events lost with AOF appendfsync always (must be 0)',
+      ]);
+    });
+
+    it('group: a redelivery inside the window passes; one outside, or under a new id, fails', () => {
+      const ok = run([
+        ...ws('wp0.0.1', 11_000),
+        call('wp0.0.1', WS[0]!, 11_010),
+        call('wp0.0.1', WS[0]!, 14_000, { att: 2 }),
+        call('wp0.0.1', WS[1]!, 11_010),
+      ]);
+      expect(ok.totals.duplicated).toBe(1);
+      expect(ok.verdict).toEqual({ pass: true, reasons: [] });
+      const late = run([
+        ...ws('wp0.0.2', 1000),
+        call('wp0.0.2', WS[0]!, 1010),
+        call('wp0.0.2', WS[0]!, 3000, { att: 2 }),
+        call('wp0.0.2', WS[1]!, 1010),
+      ]);
+      expect(late.verdict.reasons).toEqual(['1 duplicates outside any fault window']);
+    });
+
+    it('broadcast: a loss inside a fault window is allowed and counted (gap logged); outside any window it fails', () => {
+      const gap: LedgerRecord = { k: 'log', node: 'wb0', lvl: 'warn', msg: 'ws connection lost', t: 10_500 };
+      const inside = run([...ws('wp0.0.3', 11_000), call('wp0.0.3', WS[0]!, 11_010), gap]);
+      expect(inside.totals).toMatchObject({ lost: 1, lostAtMostOnce: 1 });
+      expect(inside.anomalies.find((a) => a.kind === 'lost')).toMatchObject({
+        sub: WS[1],
+        allowed: true,
+        detail: 'at-most-once, gap logged',
+      });
+      expect(inside.verdict.pass).toBe(true);
+      const killWb0 = { ...killWg0, target: 'wb0' };
+      const killed = classify(
+        input([...ws('wp0.0.6', 11_000), call('wp0.0.6', WS[0]!, 11_010)], {
+          faults: [killWb0],
+          expectedSubs,
+          atMostOnce,
+        }),
+      );
+      expect(killed.anomalies[0]).toMatchObject({ allowed: true, detail: 'at-most-once, subscriber killed' });
+      const steady = run([...ws('wp0.0.4', 1000), call('wp0.0.4', WS[0]!, 1010)]);
+      expect(steady.totals).toMatchObject({ lost: 1, lostAtMostOnce: 0 });
+      expect(steady.anomalies[0]).toMatchObject({
+        kind: 'lost',
+        allowed: false,
+        detail: 'at-most-once, but outside any fault window',
+      });
+      expect(steady.verdict.reasons).toEqual([
+        '1 at-most-once (WS broadcast) events lost outside any fault window',
+      ]);
+    });
+
+    it('broadcast: an event delivered twice fails, even inside a fault window', () => {
+      const c = run([
+        ...ws('wp0.0.5', 11_000),
+        call('wp0.0.5', WS[0]!, 11_010),
+        call('wp0.0.5', WS[1]!, 11_010),
+        call('wp0.0.5', WS[1]!, 11_500, { att: 2 }),
+      ]);
+      expect(c.verdict.reasons).toEqual(['1 duplicates of at-most-once (pub/sub, WS broadcast) events']);
+    });
   });
 
   it('takes dead letters from the ledger too (pub/sub has no store to read back)', () => {

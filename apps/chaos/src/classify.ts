@@ -35,11 +35,15 @@ export interface ClassifyInput {
    */
   expectedSubs: readonly string[] | ((producer: string) => readonly string[]);
   /**
-   * Producers whose events travel an at-most-once transport (Redis pub/sub):
-   * their losses are allowed and counted (`lostAtMostOnce`), marked signalled
-   * when a process logged a subscriber gap in the window; a duplicate of theirs fails.
+   * Which (producer, subscription set) pairs are at-most-once: their losses
+   * are counted (`lostAtMostOnce`), marked `gap logged` when a process logged
+   * a lost subscriber connection in the window, and a duplicate fails.
+   * `true`: a loss is allowed anywhere (Redis pub/sub, at-most-once by
+   * contract); `'faults'`: only inside a fault window with its margins (a
+   * WebSocket broadcast subscriber: at-most-once across a reconnect, but
+   * nothing may go missing in steady state).
    */
-  atMostOnce?: (producer: string) => boolean;
+  atMostOnce?: (producer: string, sub: string) => boolean | 'faults';
   /** `aof` (appendfsync always): no acknowledged event may be lost. `none`: only where a Redis restart wiped data, signalled. */
   persistence: 'aof' | 'none';
   /** An anomaly this long before a fault's start, or after its heal, is attributed to it. */
@@ -60,7 +64,7 @@ export interface Counts {
   lost: number;
   /** Of `lost`, losses the verdict allows: a Redis restart without persistence that the bus signalled. */
   lostSignalled: number;
-  /** Of `lost`, losses of at-most-once events (pub/sub): allowed by its contract. */
+  /** Of `lost`, losses of at-most-once events (pub/sub, WS broadcast): allowed by their contract (WS broadcast: in a fault window only). */
   lostAtMostOnce: number;
   /** Successful handler calls beyond the first of an event in one subscription set. */
   duplicated: number;
@@ -110,8 +114,12 @@ export const faultLabel = (w: FaultWindow) => `#${w.index} ${w.name}@${w.target}
 
 /** The log line a Streams consumer writes when Redis lost its groups (restart without persistence). */
 const WIPE_SIGNAL = /consumer group missing|NOGROUP/;
-/** The log line the pub/sub transport writes when its subscriber connection dropped (events in the gap are lost). */
-const GAP_SIGNAL = /subscriber connection lost/;
+/**
+ * The log line the pub/sub transport writes when its subscriber connection
+ * dropped, or a WebSocket client when its connection to the broker did
+ * (events in the gap are lost).
+ */
+const GAP_SIGNAL = /subscriber connection lost|ws connection lost/;
 
 interface EventState {
   p?: Extract<LedgerRecord, { k: 'p' }>;
@@ -198,7 +206,6 @@ export function classify(input: ClassifyInput): Classification {
     }
     const t = s.p.t;
     const expected = expectedOf(s.p.node);
-    const atMostOnce = input.atMostOnce?.(s.p.node) ?? false;
     add('published', t);
     if (s.acked) add('acknowledged', t);
     else if (s.failed) add('failed', t);
@@ -215,6 +222,8 @@ export function classify(input: ClassifyInput): Classification {
         });
       }
     for (const sub of expected) {
+      const mode = input.atMostOnce?.(s.p.node, sub) ?? false;
+      const atMostOnce = mode !== false;
       const ok = (s.calls.get(sub) ?? []).filter((c) => c.ok);
       if (s.p.poison && ok.length > 0) {
         add('unexpected', ok[0]!.t);
@@ -237,17 +246,22 @@ export function classify(input: ClassifyInput): Classification {
         const w = windowOf(t);
         add('lost', t);
         if (atMostOnce) {
-          add('lostAtMostOnce', t);
+          const allowed = mode === true || w !== undefined;
+          if (allowed) add('lostAtMostOnce', t);
           const gap =
             w !== undefined &&
             logs.some((l) => GAP_SIGNAL.test(l.msg) && l.t >= w.start && l.t <= w.end + input.afterMs);
+          // a killed subscriber cannot log its gap: the kill itself explains it
+          const killed = w !== undefined && w.name === 'kill-consumer' && sub.endsWith(`:${w.target}`);
           note({
             kind: 'lost',
             key,
             sub,
             t,
-            allowed: true,
-            detail: `at-most-once, ${gap ? 'gap logged' : 'no gap logged'}`,
+            allowed,
+            detail: allowed
+              ? `at-most-once, ${gap ? 'gap logged' : killed ? 'subscriber killed' : 'no gap logged'}`
+              : 'at-most-once, but outside any fault window',
           });
           continue;
         }
@@ -304,17 +318,22 @@ export function classify(input: ClassifyInput): Classification {
   const count = (kind: AnomalyKind, allowed = false) =>
     anomalies.filter((a) => a.kind === kind && a.allowed === allowed).length;
   if (totals.acknowledged === 0) reasons.push('no event was acknowledged: the run did no work');
-  if (count('lost') > 0)
+  const lostAtMostOnce = anomalies.filter(
+    (a) => a.kind === 'lost' && !a.allowed && a.detail?.startsWith('at-most-once'),
+  ).length;
+  if (lostAtMostOnce > 0)
+    reasons.push(`${lostAtMostOnce} at-most-once (WS broadcast) events lost outside any fault window`);
+  if (count('lost') - lostAtMostOnce > 0)
     reasons.push(
       input.persistence === 'aof'
-        ? `${count('lost')} acknowledged events lost with AOF appendfsync always (must be 0)`
-        : `${count('lost')} acknowledged events lost silently (outside a signalled Redis data wipe)`,
+        ? `${count('lost') - lostAtMostOnce} acknowledged events lost with AOF appendfsync always (must be 0)`
+        : `${count('lost') - lostAtMostOnce} acknowledged events lost silently (outside a signalled Redis data wipe)`,
     );
   if (totals.unexpected > 0) reasons.push(`${totals.unexpected} unexpected deliveries`);
   const outside = anomalies.filter((a) => a.kind === 'duplicate' && !a.allowed && a.fault === 'none').length;
   if (outside > 0) reasons.push(`${outside} duplicates outside any fault window`);
   const twice = anomalies.filter((a) => a.kind === 'duplicate' && !a.allowed && a.fault !== 'none').length;
-  if (twice > 0) reasons.push(`${twice} duplicates of at-most-once (pub/sub) events`);
+  if (twice > 0) reasons.push(`${twice} duplicates of at-most-once (pub/sub, WS broadcast) events`);
   const newId = anomalies.filter((a) => a.kind === 'duplicate-new-id').length;
   if (newId > 0) reasons.push(`${newId} duplicates with a different event id (not removable by id)`);
   if (count('exit') > 0) reasons.push(`${count('exit')} process exits no fault caused`);

@@ -128,7 +128,7 @@ export function renderMarkdown(r: ReportInput): string {
     `# qe-chaos report: ${c.verdict.pass ? 'PASS' : 'FAIL'}`,
     '',
     `Seed ${r.options.seed}, duration ${r.options.durationMs / 1000} s, persistence \`${r.options.persistence}\`, ${r.options.rate} events/s per producer.`,
-    `Reproduce: \`pnpm chaos --seed ${r.options.seed} --duration ${r.options.durationMs / 1000}s --persistence ${r.options.persistence} --rate ${r.options.rate}${r.options.faults.length ? ` --faults ${r.options.faults.join(',')}` : ''}\``,
+    `Reproduce: \`pnpm chaos --seed ${r.options.seed} --duration ${r.options.durationMs / 1000}s --persistence ${r.options.persistence} --rate ${r.options.rate}${r.options.faults.length ? ` --faults ${r.options.faults.join(',')}` : ''}${(['cluster', 'pubsub', 'router', 'broker'] as const).map((f) => (r.options[f] ? ` --${f}` : '')).join('')}\``,
     '',
     ...(c.verdict.pass
       ? ['Verdict: pass.']
@@ -144,7 +144,7 @@ export function renderMarkdown(r: ReportInput): string {
       const lasted = f.window ? `${Math.round(f.window.end - f.window.start)} ms` : '';
       const allowed = [
         k.lostSignalled > 0 ? `${k.lostSignalled} signalled wipe` : '',
-        k.lostAtMostOnce > 0 ? `${k.lostAtMostOnce} pub/sub` : '',
+        k.lostAtMostOnce > 0 ? `${k.lostAtMostOnce} at-most-once` : '',
       ].filter(Boolean);
       const lost = allowed.length > 0 ? `${k.lost} (${allowed.join(', ')})` : `${k.lost}`;
       const recovery = f.window ? fmtMs(rec.get(f.label)) : '';

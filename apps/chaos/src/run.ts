@@ -17,24 +17,36 @@ import { parseLines, readLedger } from './ledger.js';
 import { handledEvents, perSecond, recoveries } from './metrics.js';
 import { type MemorySample, writeReport } from './report.js';
 import { buildSchedule } from './schedule.js';
-import { ChildProc, clusterControl, faultWorld, redisControl } from './world.js';
+import { BROKER_CHILD, ChildProc, clusterControl, faultWorld, redisControl, WS_CHILD } from './world.js';
 
 /** Entries a dead consumer held are claimed by a live one after this idle time (the transport option). */
 const CLAIM_IDLE_MS = 2000;
 /** An anomaly this long before a fault or after its heal is attributed to it (a claim needs 1-2 idle periods). */
 const BEFORE_MS = 1000;
 const AFTER_MS = 4 * CLAIM_IDLE_MS + 4000;
+/** With `--broker`: the WS producer's events go through the broker under their own key prefix, to the WS clients only. */
+const WS_SUBS = ['ws:group:wsworkers', 'ws:broadcast:wb0'];
 /** Who must handle each event: the single node's consumers, or for the Cluster's producer (`cp0`) the Cluster's. */
 const expectedSubs = (producer: string) =>
-  producer.startsWith('c')
-    ? ['cluster:group:workers', 'broadcast:cb0']
-    : producer.startsWith('s')
-      ? ['broadcast:s0']
-      : producer.startsWith('r')
-        ? ['router:group:routed']
-        : ['group:workers', 'broadcast:b0'];
-/** The pub/sub producer's events are at-most-once by contract. */
-const atMostOnce = (producer: string) => producer.startsWith('s');
+  producer.startsWith('w')
+    ? WS_SUBS
+    : producer.startsWith('c')
+      ? ['cluster:group:workers', 'broadcast:cb0']
+      : producer.startsWith('s')
+        ? ['broadcast:s0']
+        : producer.startsWith('r')
+          ? ['router:group:routed']
+          : ['group:workers', 'broadcast:b0'];
+/**
+ * The pub/sub producer's events are at-most-once by contract; a WS broadcast
+ * subscriber misses what is sent while it is disconnected (at-most-once across
+ * a reconnect), so its losses are allowed inside fault windows only.
+ */
+const atMostOnce = (producer: string, sub: string): boolean | 'faults' =>
+  producer.startsWith('s') ? true : sub.startsWith('ws:broadcast:') ? 'faults' : false;
+/** The broker's settings: claims and ack timeouts short enough that redelivery happens within a run. */
+const BROKER_CLAIM_IDLE_MS = CLAIM_IDLE_MS;
+const BROKER_ACK_TIMEOUT_MS = 3000;
 
 export interface ChaosResult {
   dir: string;
@@ -48,8 +60,9 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0,
 async function deadLettersOf(
   where: { url: string } | { cluster: { nodes: { host: string; port: number }[] } },
   keyPrefix: string,
+  subPrefix = '',
 ): Promise<DeadLetterRecord[]> {
-  const groupSub = 'cluster' in where ? 'cluster:group:' : 'group:';
+  const groupSub = `${subPrefix}${'cluster' in where ? 'cluster:group:' : 'group:'}`;
   const bus = new QEEventBus({
     nodeId: 'chaos-coordinator',
     transport: createRedisTransport({ ...where, keyPrefix }),
@@ -64,7 +77,7 @@ async function deadLettersOf(
         const key = (d.event.data as { key?: string }).key ?? '?';
         const sub = d.group
           ? `${groupSub}${d.group}`
-          : `broadcast:${(d.nodeId ?? '').replace(/^chaos-/, '')}`;
+          : `${subPrefix}broadcast:${(d.nodeId ?? '').replace(/^chaos-/, '')}`;
         out.push({ key, sub, t: d.deadAt });
       }
       if (page.length < 1000) return out;
@@ -98,6 +111,7 @@ export async function runChaos(
       ...(o.cluster ? ['cp0'] : []),
       ...(o.pubsub ? ['sp0'] : []),
       ...(o.router ? ['rp0'] : []),
+      ...(o.broker ? ['wp0'] : []),
     ],
     consumers: [
       'g0',
@@ -106,9 +120,11 @@ export async function runChaos(
       ...(o.cluster ? ['cg0', 'cb0'] : []),
       ...(o.pubsub ? ['s0'] : []),
       ...(o.router ? ['r0', 'r1'] : []),
+      ...(o.broker ? ['wg0', 'wb0'] : []),
     ],
     persistence: o.persistence,
     cluster: o.cluster,
+    ...(o.broker ? { brokers: ['broker'] } : {}),
   };
   const faults = selectFaults(o.faults);
   const schedule = buildSchedule({ seed: o.seed, durationMs: o.durationMs, faults, topology });
@@ -140,6 +156,10 @@ export async function runChaos(
   const clusterEnv = cluster ? { ...env, clusterNodes: cluster.nodes } : env;
   const deadLetters = async () => [
     ...(await deadLettersOf({ url: `redis://127.0.0.1:${o.basePort}` }, keyPrefix)),
+    // the broker's: group `wsworkers` maps to `ws:group:wsworkers`; its own broadcast binding to no expected set
+    ...(o.broker
+      ? await deadLettersOf({ url: `redis://127.0.0.1:${o.basePort}` }, `${keyPrefix}:ws`, 'ws:')
+      : []),
     ...(cluster ? await deadLettersOf({ cluster: { nodes: cluster.nodes } }, keyPrefix) : []),
   ];
   const children = new Map<string, ChildProc>();
@@ -163,6 +183,30 @@ export async function runChaos(
     children.set('r0', new ChildProc('r0', 'group', { ...env, mode: 'router' }, onExit));
     children.set('r1', new ChildProc('r1', 'group', { ...env, mode: 'router' }, onExit));
     children.set('rp0', new ChildProc('rp0', 'producer', { ...env, mode: 'router' }, onExit));
+  }
+  if (o.broker) {
+    // the real broker on base+5, its Redis through the proxy; WS clients on its gateway
+    const brokerPort = o.basePort + 5;
+    const brokerEnv = {
+      ...env,
+      extra: {
+        HOST: '127.0.0.1',
+        PORT: String(brokerPort),
+        NODE_ID: 'chaos-broker',
+        REDIS_URL: env.redisUrl,
+        EVENTBUS_KEY_PREFIX: `${keyPrefix}:ws`,
+        EVENTBUS_CLAIM_IDLE: String(BROKER_CLAIM_IDLE_MS),
+        WS_ACK_TIMEOUT: String(BROKER_ACK_TIMEOUT_MS),
+        HTTP_GATEWAY_ENABLED: 'false',
+        SHUTDOWN_TIMEOUT: '5000',
+        LOG_LEVEL: 'info',
+      },
+    };
+    const wsEnv = { ...env, wsUrl: `ws://127.0.0.1:${brokerPort}/events` };
+    children.set('broker', new ChildProc('broker', 'broker', brokerEnv, onExit, BROKER_CHILD));
+    children.set('wg0', new ChildProc('wg0', 'group', wsEnv, onExit, WS_CHILD));
+    children.set('wb0', new ChildProc('wb0', 'broadcast', wsEnv, onExit, WS_CHILD));
+    children.set('wp0', new ChildProc('wp0', 'producer', wsEnv, onExit, WS_CHILD));
   }
   if (cluster) {
     children.set('cg0', new ChildProc('cg0', 'group', clusterEnv, onExit));
@@ -199,6 +243,7 @@ export async function runChaos(
   }, 2000);
 
   try {
+    for (const n of topology.brokers ?? []) await children.get(n)!.start();
     for (const n of topology.consumers) await children.get(n)!.start();
     await Promise.all(topology.producers.map((n) => children.get(n)!.start()));
     t0 = epochNow();
@@ -268,6 +313,7 @@ export async function runChaos(
     }
     log(`[chaos] drained in ${Math.round((epochNow() - drainStart) / 1000)} s; stopping consumers`);
     await Promise.all(topology.consumers.map((n) => children.get(n)!.stop()));
+    await Promise.all((topology.brokers ?? []).map((n) => children.get(n)!.stop()));
   } finally {
     clearInterval(memTimer);
     for (const c of children.values()) await c.stop(3000);

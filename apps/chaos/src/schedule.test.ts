@@ -44,7 +44,13 @@ describe('buildSchedule', () => {
     expect(new Set(all.map((f) => f.fault))).toEqual(new Set(single));
     expect(single).not.toContain('cluster-failover');
     const withCluster = buildSchedule({ ...opts(5, 1_800_000), topology: { ...topology, cluster: true } });
-    expect(new Set(withCluster.map((f) => f.fault))).toEqual(new Set(FAULTS.map((f) => f.name)));
+    const noBroker = FAULTS.filter((f) => !f.name.endsWith('-broker')).map((f) => f.name);
+    expect(new Set(withCluster.map((f) => f.fault))).toEqual(new Set(noBroker));
+    const withBroker = buildSchedule({
+      ...opts(5, 1_800_000),
+      topology: { ...topology, cluster: true, brokers: ['broker'] },
+    });
+    expect(new Set(withBroker.map((f) => f.fault))).toEqual(new Set(FAULTS.map((f) => f.name)));
   });
 
   it('rejects an unknown fault name, naming the known ones', () => {

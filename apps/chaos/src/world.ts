@@ -8,6 +8,9 @@ import type { UnexpectedExit } from './classify.js';
 import type { ChildCommand, ChildControl, ClusterControl, FaultWorld, RedisControl } from './faults/index.js';
 
 const CHILD = new URL('./child.ts', import.meta.url);
+/** The scripts of `--broker`: the broker itself, and its WebSocket clients. */
+export const BROKER_CHILD = new URL('./broker-child.ts', import.meta.url);
+export const WS_CHILD = new URL('./ws-child.ts', import.meta.url);
 /** Old-space limit of every child (the memory-pressure fault fills 60% of it). */
 const CHILD_HEAP_MB = 256;
 
@@ -28,6 +31,10 @@ export interface ChildEnv {
   keyPrefix: string;
   rate: number;
   claimIdleMs: number;
+  /** For WebSocket clients (`ws-child.ts`): the broker's gateway, `ws://127.0.0.1:<port>/events`. */
+  wsUrl?: string;
+  /** More environment for the process (the broker's settings). */
+  extra?: Record<string, string>;
 }
 
 /**
@@ -45,9 +52,11 @@ export class ChildProc implements ChildControl {
 
   constructor(
     readonly name: string,
-    readonly role: 'producer' | 'group' | 'broadcast',
+    readonly role: 'producer' | 'group' | 'broadcast' | 'broker',
     private readonly env: ChildEnv,
     private readonly onExit: (e: UnexpectedExit) => void,
+    /** `child.ts` (a bus producer or consumer), `ws-child.ts` or `broker-child.ts`. */
+    private readonly script: URL = CHILD,
   ) {}
 
   get pid(): number | undefined {
@@ -60,7 +69,7 @@ export class ChildProc implements ChildControl {
       setTimeout(() => reject(new Error(`${this.name} not ready within 60 s`)), 60_000).unref();
     });
     this.faultKilled = false;
-    const proc = startFixture(CHILD, [this.role, this.name, String(this.inc)], {
+    const proc = startFixture(this.script, [this.role, this.name, String(this.inc)], {
       stdin: 'pipe',
       env: {
         CHAOS_DIR: this.env.dir,
@@ -72,6 +81,8 @@ export class ChildProc implements ChildControl {
         CHAOS_CLAIM_IDLE_MS: String(this.env.claimIdleMs),
         NODE_OPTIONS: `--max-old-space-size=${CHILD_HEAP_MB}`,
         CHAOS_HEAP_MB: String(CHILD_HEAP_MB),
+        CHAOS_WS_URL: this.env.wsUrl,
+        ...this.env.extra,
       },
       onLine: (line) => this.onLine(line),
     });

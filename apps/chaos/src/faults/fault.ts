@@ -10,6 +10,8 @@ export interface Topology {
   persistence: 'aof' | 'none';
   /** Whether a 3+3 Redis Cluster runs too (its masters are `cluster:<port>`). */
   cluster: boolean;
+  /** Broker processes (`--broker`: `broker`); its WebSocket clients are among the producers and consumers. */
+  brokers?: readonly string[];
 }
 
 /** A command a child process understands (sent as one JSON line on its stdin). */

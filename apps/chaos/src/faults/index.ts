@@ -2,7 +2,14 @@ import { clusterFailover, clusterMasterKill } from './cluster.js';
 import type { Fault } from './fault.js';
 import { clockJump, memoryPressure, poison, slowHandler } from './in-process.js';
 import { connectionReset, networkStall } from './network.js';
-import { killConsumer, killProducer, pauseConsumer, pauseProducer } from './process.js';
+import {
+  killBroker,
+  killConsumer,
+  killProducer,
+  pauseBroker,
+  pauseConsumer,
+  pauseProducer,
+} from './process.js';
 import { clientPause, redisKill } from './redis.js';
 
 export type {
@@ -33,6 +40,9 @@ export const FAULTS: readonly Fault[] = [
   memoryPressure,
   clusterFailover,
   clusterMasterKill,
+  // no targets without --broker, so appending them kept every other seed's schedule
+  killBroker,
+  pauseBroker,
 ];
 
 /** The faults named (all when `names` is empty); throws naming an unknown one. */
