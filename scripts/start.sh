@@ -9,4 +9,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$QE_ROOT"
 echo "[qe] building the broker (cached after the first time)" >&2
 turbo run build --filter=@qe/broker... --output-logs=errors-only >&2
-exec node apps/broker/dist/main.js "$@"
+# a small young generation: less memory held at load for scavenges of about 1 ms (apps/broker README)
+NODE_OPTIONS="--max-semi-space-size=8 ${NODE_OPTIONS:-}" exec node apps/broker/dist/main.js "$@"
