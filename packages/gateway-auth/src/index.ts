@@ -13,4 +13,5 @@ export {
   type Permissions,
   permissionsFromClaims,
 } from './permissions.js';
+export { checkMessageRateLimit, type MessageRateLimitSettings } from './rateLimit.js';
 export { parseJsonSafe } from './safeJson.js';

@@ -10,6 +10,7 @@ import {
 } from '@qe/core';
 import {
   ALLOW_ALL,
+  checkMessageRateLimit,
   createTokenVerifier,
   extractToken,
   type JwtConfig,
@@ -147,17 +148,7 @@ function validate(bus: QEEventBus, o: GrpcGatewayOptions): void {
   if (o.rateLimit !== undefined) {
     const rl = o.rateLimit;
     assertKnownKeys(rl, ['windowMs', 'maxMessages', 'perPrincipal', 'store'], 'rateLimit.');
-    for (const [k, v] of Object.entries({
-      'rateLimit.windowMs': rl.windowMs,
-      'rateLimit.maxMessages': rl.maxMessages,
-      ...(rl.perPrincipal
-        ? {
-            'rateLimit.perPrincipal.windowMs': rl.perPrincipal.windowMs,
-            'rateLimit.perPrincipal.maxMessages': rl.perPrincipal.maxMessages,
-          }
-        : {}),
-    }))
-      if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(k, 'must be a positive integer');
+    checkMessageRateLimit(rl);
     if (rl.perPrincipal)
       assertKnownKeys(rl.perPrincipal, ['windowMs', 'maxMessages'], 'rateLimit.perPrincipal.');
   }

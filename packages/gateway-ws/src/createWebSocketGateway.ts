@@ -18,6 +18,7 @@ import {
   ALLOW_ALL,
   assertPublish,
   assertSubscribe,
+  checkMessageRateLimit,
   createTokenVerifier,
   extractToken,
   type JwtConfig,
@@ -157,17 +158,7 @@ export async function createWebSocketGateway(options: WebSocketGatewayOptions): 
   const principalBuckets = o.rateLimit?.store ?? buckets;
   if (o.rateLimit) {
     const rl = o.rateLimit;
-    for (const [k, v] of Object.entries({
-      'rateLimit.windowMs': rl.windowMs,
-      'rateLimit.maxMessages': rl.maxMessages,
-      ...(rl.perPrincipal
-        ? {
-            'rateLimit.perPrincipal.windowMs': rl.perPrincipal.windowMs,
-            'rateLimit.perPrincipal.maxMessages': rl.perPrincipal.maxMessages,
-          }
-        : {}),
-    }))
-      if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(k, 'must be a positive integer');
+    checkMessageRateLimit(rl);
   }
   const stats: WebSocketGatewayStats = {
     connections: 0,
